@@ -1,0 +1,3 @@
+"""sponsord: a live Patreon sponsor wall."""
+
+__version__ = "0.1.0"

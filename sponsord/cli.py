@@ -1,0 +1,190 @@
+"""The command line: ``sponsord serve|demo|fetch|check-config``.
+
+User errors (a bad config, Patreon refusing) print one line and exit
+non-zero; no traceback. A bad config file exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from . import __version__
+from .config import (
+    Config,
+    DisplayConfig,
+    PatreonConfig,
+    Secret,
+    Secrets,
+    ServerConfig,
+    StateConfig,
+    load_config,
+)
+from .errors import ConfigError, UpstreamError
+from .logs import setup_logging
+from .patreon import Member, PatreonClient, StaticToken
+from .roster import build_supporters, counts, display_name, pledge_start
+
+EXIT_CONFIG = 2
+EXIT_UPSTREAM = 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sponsord", description="A live Patreon sponsor wall.")
+    parser.add_argument("--version", action="version", version=f"sponsord {__version__}")
+    parser.add_argument("--log-level", default="info", help="debug, info, warning or error")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (
+        ("serve", "run the daemon"),
+        ("fetch", "fetch once from Patreon and print the supporters"),
+        ("check-config", "validate the configuration and exit"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--config", required=True, type=Path, help="path to config.toml")
+    demo = sub.add_parser("demo", help="run against a built-in simulated campaign")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8080)
+    demo.add_argument("--members", type=int, default=24, help="members the campaign starts with")
+    demo.add_argument("--interval", type=float, default=4.0, help="mean seconds between roster changes")
+    demo.add_argument("--state-dir", type=Path, help="keep the snapshot here (default: a temporary dir)")
+    demo.add_argument("--seed", type=int, help="random seed, for a repeatable demo")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``sponsord`` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "check-config":
+            config = load_config(args.config)
+            _require_credentials(config)
+            print(
+                f"{args.config}: ok (campaign {config.patreon.campaign_id}, {config.server.host}:{config.server.port})"
+            )
+            return 0
+        if args.command == "serve":
+            config = load_config(args.config)
+            _require_credentials(config)
+            setup_logging(args.log_level)
+            from .daemon import serve
+
+            asyncio.run(serve(config))
+            return 0
+        if args.command == "fetch":
+            config = load_config(args.config)
+            _require_credentials(config)
+            members = asyncio.run(fetch_members(config))
+            print_table(members, sys.stdout)
+            return 0
+        setup_logging(args.log_level)
+        asyncio.run(run_demo(args))
+        return 0
+    except ConfigError as exc:
+        print(f"sponsord: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except UpstreamError as exc:
+        print(f"sponsord: {exc.kind}: {exc}", file=sys.stderr)
+        return EXIT_UPSTREAM
+    except KeyboardInterrupt:
+        return 130
+
+
+def _require_credentials(config: Config) -> None:
+    s = config.secrets
+    if s.access_token is None and not s.can_rotate:
+        raise ConfigError(
+            "<environment>",
+            "PATREON_ACCESS_TOKEN",
+            "a creator access token (env var or $CREDENTIALS_DIRECTORY/patreon_access_token)",
+        )
+
+
+async def fetch_members(config: Config) -> list[Member]:
+    """Fetch every member once, as ``serve`` would."""
+    token = config.secrets.access_token
+    async with aiohttp.ClientSession() as session:
+        client = PatreonClient(
+            session,
+            config.patreon.api_base,
+            config.patreon.campaign_id,
+            StaticToken(token.reveal() if token else ""),
+            timeout=config.patreon.request_timeout,
+            max_pages=config.patreon.max_pages,
+        )
+        return await client.fetch_members()
+
+
+def print_table(members: Sequence[Member], out: object) -> None:
+    """The supporters, in display order: name (or Anonymous), tier, since."""
+    shown = sorted(
+        (m for m in members if counts(m)),
+        key=lambda m: (display_name(m) is None, pledge_start(m), m.id),
+    )
+    rows = [
+        (display_name(m) or "Anonymous", ", ".join(m.tiers) or "-", (m.pledge_relationship_start or "-")[:10])
+        for m in shown
+    ]
+    header = ("SUPPORTER", "TIER", "SINCE")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
+    write = out.write  # type: ignore[attr-defined]
+    for row in [header, *rows]:
+        write("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() + "\n")
+    write(f"{len(build_supporters(members))} supporters ({len(members)} members fetched)\n")
+
+
+async def run_demo(args: argparse.Namespace) -> None:
+    """``sponsord demo``: the daemon against a simulated campaign that keeps changing."""
+    from .daemon import serve
+    from .simulator import Simulator
+
+    rng = random.Random(args.seed)
+    sim = Simulator.with_members(args.members, seed=args.seed)
+    api_base = await sim.start()
+    state_dir = args.state_dir or Path(tempfile.mkdtemp(prefix="sponsord-demo-"))
+    public_url = f"http://{args.host}:{args.port}"
+    config = Config(
+        server=ServerConfig(host=args.host, port=args.port, public_url=public_url, allowed_origins=("*",)),
+        patreon=PatreonConfig(
+            api_base=api_base,
+            campaign_id=sim.campaign.id,
+            poll_interval=60.0,
+            webhook_cooldown=0.5,
+            backoff_base=1.0,
+            backoff_max=30.0,
+            request_timeout=10.0,
+        ),
+        display=DisplayConfig(goal_count=40, join_url="https://www.patreon.com/"),
+        state=StateConfig(dir=state_dir),
+        secrets=Secrets(
+            access_token=Secret(next(iter(sim.access_tokens))),
+            webhook_secret=Secret(sim.webhook_secret),
+        ),
+        path="<demo>",
+    )
+    changes: list[asyncio.Task[None]] = []
+    session = aiohttp.ClientSession()
+
+    async def started(app: web.Application, url: str) -> None:
+        hook = f"{url}/v1/webhooks/patreon"
+        changes.append(asyncio.create_task(sim.run_changes(session, hook, args.interval, rng)))
+        print(f"sponsord demo: open {public_url}/ (REST {public_url}/v1/supporters)", flush=True)
+
+    try:
+        await serve(config, on_started=started)
+    finally:
+        for task in changes:
+            task.cancel()
+        await asyncio.gather(*changes, return_exceptions=True)
+        await session.close()
+        await sim.stop()
+        if args.state_dir is None:
+            shutil.rmtree(state_dir, ignore_errors=True)

@@ -1,0 +1,1 @@
+"""The page and embed.js, shipped inside the package as ``sponsord.web``."""
