@@ -67,9 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check-config":
             config = load_config(args.config)
             _require_credentials(config)
-            print(
-                f"{args.config}: ok (campaign {config.patreon.campaign_id}, {config.server.host}:{config.server.port})"
-            )
+            where = f"{config.server.host}:{config.server.port}"
+            print(f"{args.config}: ok (campaign {config.patreon.campaign_id}, listening on {where})")
             return 0
         if args.command == "serve":
             config = load_config(args.config)
@@ -147,7 +146,7 @@ async def run_demo(args: argparse.Namespace) -> None:
     from .simulator import Simulator
 
     rng = random.Random(args.seed)
-    sim = Simulator.with_members(args.members, seed=args.seed)
+    sim = Simulator.with_members(args.members, seed=rng.randrange(2**32))
     api_base = await sim.start()
     state_dir = args.state_dir or Path(tempfile.mkdtemp(prefix="sponsord-demo-"))
     public_url = f"http://{args.host}:{args.port}"

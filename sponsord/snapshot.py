@@ -59,7 +59,8 @@ class Snapshot:
     def build(
         cls, version: int, updated_at: datetime, supporters: Sequence[Supporter], goal_count: int
     ) -> Snapshot:
-        """Make a snapshot, encoding its body once."""
+        """Make a snapshot, encoding its body once (``updated_at`` to whole seconds)."""
+        updated_at = updated_at.replace(microsecond=0)
         supporters = tuple(dict(s) for s in supporters)
         body = encode(
             {
