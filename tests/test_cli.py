@@ -92,7 +92,7 @@ async def test_fetch_errors_are_one_line(
     """A refused token or a wrong campaign id: one line on stderr, exit 1, no traceback."""
     _, url = sim_url
     config = write_config(tmp_path, url, campaign_id=campaign)
-    code, out, err = await run_cli("fetch", "--config", str(config), env={"PATREON_ACCESS_TOKEN": token})
+    code, _out, err = await run_cli("fetch", "--config", str(config), env={"PATREON_ACCESS_TOKEN": token})
     assert code == 1
     assert err.strip().count("\n") == 0
     assert err.startswith(f"sponsord: {expected}")
@@ -112,7 +112,7 @@ async def test_serve_logs_json_without_secrets_or_hidden_names(
     sim_url: tuple[Simulator, str], tmp_path: Path
 ) -> None:
     """`sponsord serve` logs JSON lines (not a tty) with no secret and no hidden name."""
-    sim, url = sim_url
+    _sim, url = sim_url
     config = write_config(tmp_path, url)
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -180,7 +180,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from sponsord.app import create_app, web_dir
 from sponsord.config import Config, PatreonConfig, ServerConfig
 async def main():
-    cfg = Config(server=ServerConfig(public_url="https://api.example.com"), patreon=PatreonConfig(campaign_id="1"))
+    server = ServerConfig(public_url="https://api.example.com")
+    cfg = Config(server=server, patreon=PatreonConfig(campaign_id="1"))
     async with TestClient(TestServer(create_app(cfg))) as c:
         r = await c.get("/embed.js")
         assert r.status == 200 and "https://api.example.com" in await r.text()
