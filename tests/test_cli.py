@@ -185,7 +185,7 @@ async def main():
     async with TestClient(TestServer(create_app(cfg))) as c:
         r = await c.get("/embed.js")
         assert r.status == 200 and "https://api.example.com" in await r.text()
-    print(sponsord.__file__, web_dir())
+    print("RESULT", sponsord.__file__, web_dir())
 asyncio.run(main())
 """
     proc = subprocess.run(
@@ -198,6 +198,7 @@ asyncio.run(main())
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
-    module_file, web = proc.stdout.split()
+    result = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    _, module_file, web = result[-1].split()
     assert module_file.startswith(str(target))
     assert web.startswith(str(target))
