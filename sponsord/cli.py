@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import random
 import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 
 import aiohttp
@@ -50,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument("--config", required=True, type=Path, help="path to config.toml")
+    watch = sub.add_parser("watch", help="print each full_state a running daemon pushes (no browser needed)")
+    watch.add_argument("url", nargs="?", default="http://127.0.0.1:8080", help="the daemon's base URL")
+    watch.add_argument("--count", type=int, default=0, help="stop after this many frames (0: never)")
     demo = sub.add_parser("demo", help="run against a built-in simulated campaign")
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=8080)
@@ -84,6 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             members = asyncio.run(fetch_members(config))
             print_table(members, sys.stdout)
             return 0
+        if args.command == "watch":
+            return asyncio.run(watch(args.url, args.count))
         setup_logging(args.log_level)
         asyncio.run(run_demo(args))
         return 0
@@ -138,6 +145,32 @@ def print_table(members: Sequence[Member], out: object) -> None:
     for row in [header, *rows]:
         write("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() + "\n")
     write(f"{len(build_supporters(members))} supporters ({len(members)} members fetched)\n")
+
+
+async def watch(url: str, count: int) -> int:
+    """Connect to ``/v1/supporters/websocket`` and print one line per frame."""
+    ws_url = url.rstrip("/") + "/v1/supporters/websocket"
+    seen = 0
+    try:
+        async with aiohttp.ClientSession() as session, session.ws_connect(ws_url, heartbeat=30) as ws:
+            async for msg in ws:
+                if msg.type is not aiohttp.WSMsgType.TEXT:
+                    break
+                data = json.loads(msg.data)["data"]
+                stamp = datetime.now().strftime("%H:%M:%S.%f")[:-3]
+                shown = len(data["supporters"])
+                print(
+                    f"{stamp} version {data['meta']['version']}: {shown} / {data['goal_count']} supporters",
+                    flush=True,
+                )
+                seen += 1
+                if count and seen >= count:
+                    return 0
+    except aiohttp.ClientError as exc:
+        print(f"sponsord: cannot watch {ws_url}: {exc}", file=sys.stderr)
+        return 1
+    print(f"sponsord: {ws_url} closed the connection", file=sys.stderr)
+    return 1
 
 
 async def run_demo(args: argparse.Namespace) -> None:

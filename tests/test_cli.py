@@ -202,3 +202,32 @@ asyncio.run(main())
     _, module_file, web = result[-1].split()
     assert module_file.startswith(str(target))
     assert web.startswith(str(target))
+
+
+async def test_watch_prints_each_new_version(
+    sim_url: tuple[Simulator, str], aiohttp_server: Callable[..., Awaitable[TestServer]], tmp_path: Path
+) -> None:
+    """`sponsord watch URL` prints the current state, then the next one after a change."""
+    from sponsord.app import create_app
+    from sponsord.config import load_config
+    from sponsord.keys import HUB, REFRESHER
+
+    sim, url = sim_url
+    config = load_config(write_config(tmp_path, url), environ={"PATREON_ACCESS_TOKEN": ACCESS_TOKEN})
+    app = create_app(config)
+    server = await aiohttp_server(app)
+    async with asyncio.timeout(10):
+        while app[HUB].snapshot is None:
+            await asyncio.sleep(0.01)
+    watcher = asyncio.create_task(run_cli("watch", str(server.make_url("")), "--count", "2"))
+    async with asyncio.timeout(20):
+        while app[HUB].websocket_count == 0:
+            await asyncio.sleep(0.02)
+    sim.campaign.add_member("Dora Watched")
+    await app[REFRESHER].refresh(fresh=True)
+    code, out, err = await watcher
+    assert code == 0, err
+    lines = out.splitlines()
+    assert len(lines) == 2
+    assert "version 1: 2 / 9 supporters" in lines[0]
+    assert "version 2: 3 / 9 supporters" in lines[1]
