@@ -440,3 +440,100 @@ async def test_connection_caps_answer_503(sim: Simulator, start_app: Any, make_c
     await again.close()
     for ws in sockets[1:]:
         await ws.close()
+
+
+async def test_every_member_shape_is_handled(
+    aiohttp_server: Any, aiohttp_client: Any, make_config: MakeConfig
+) -> None:
+    """Every patron_status, hide_pledges true/false/missing, a missing user, a null user."""
+    sim = Simulator.with_members(0)
+    c = sim.campaign
+    c.add_member("Visible Vera", start="2020-01-01T00:00:00+00:00")
+    c.add_member("Hidden Hank", hidden=True, start="2019-01-01T00:00:00+00:00")
+    c.add_member("Flagless Fay", hidden=None, start="2018-01-01T00:00:00+00:00")
+    c.add_member("Omitted Otto", omit_user_from_included=True, start="2017-01-01T00:00:00+00:00")
+    c.add_member("Userless Uma", with_user=False, start="2016-01-01T00:00:00+00:00")
+    c.add_member("Declined Dan", status="declined_patron")
+    c.add_member("Former Flo", status="former_patron")
+    c.add_member("Never Ned", status=None)
+    c.add_member("Later Lou", start="2021-06-01T00:00:00+00:00")
+    server = await aiohttp_server(sim.app)
+    client = await aiohttp_client(create_app(make_config(str(server.make_url("")).rstrip("/"))))
+    await until(lambda: client.app[HUB].snapshot is not None)
+    raw = await (await client.get("/v1/supporters")).read()
+    body = json.loads(raw)
+    assert (
+        body["supporters"]
+        == [{"title": "Visible Vera"}, {"title": "Later Lou"}] + [{"title": "Anonymous"}] * 4
+    )
+    for name in ("Hank", "Fay", "Otto", "Uma", "Dan", "Flo", "Ned"):
+        assert name.encode() not in raw
+
+
+async def test_websockets_library_client(sim: Simulator, live: Client) -> None:
+    """A client built on the `websockets` library gets the same frames."""
+    import websockets
+
+    url = f"ws://{live.server.host}:{live.server.port}/v1/supporters/websocket"
+    async with websockets.connect(url, compression=None) as ws:
+        first = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        version = first["data"]["meta"]["version"]
+        await publish_change(live, sim, "Library Lena")
+        second = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        assert second["type"] == "full_state"
+        assert second["data"]["meta"]["version"] == version + 1
+        assert {"title": "Library Lena"} in second["data"]["supporters"]
+
+
+async def test_permessage_deflate_declined_by_default_and_optional(
+    sim: Simulator, start_app: Any, make_config: MakeConfig
+) -> None:
+    """A browser-like deflate offer is declined by default; with the option on it works."""
+    import websockets
+
+    for enabled in (False, True):
+        config = with_server(make_config(sim.base), websocket_compress=enabled)  # type: ignore[attr-defined]
+        client = await start_app(config)
+        url = f"ws://{client.server.host}:{client.server.port}/v1/supporters/websocket"
+        async with websockets.connect(url, compression="deflate") as ws:
+            assert bool(ws.response.headers.get("Sec-WebSocket-Extensions")) is enabled
+            first = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            await publish_change(client, sim, f"Deflate {enabled}")
+            second = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            assert second["data"]["meta"]["version"] == first["data"]["meta"]["version"] + 1
+        await client.close()
+
+
+async def test_heartbeat_pings_and_incoming_size_limit(
+    sim: Simulator, start_app: Any, make_config: MakeConfig
+) -> None:
+    """The server pings on its heartbeat; a client message over a few KiB closes the socket (1009)."""
+    config = with_server(make_config(sim.base), heartbeat=1.0)  # type: ignore[attr-defined]
+    client = await start_app(config)
+    async with client.ws_connect("/v1/supporters/websocket", autoping=False) as ws:
+        await ws.receive(timeout=5)  # the full_state
+        ping = await ws.receive(timeout=5)
+        assert ping.type == aiohttp.WSMsgType.PING
+        await ws.pong(ping.data)
+        await ws.send_str("x" * 10_000)
+        msg = await ws.receive(timeout=5)
+        while msg.type == aiohttp.WSMsgType.PING:
+            msg = await ws.receive(timeout=5)
+        assert msg.type == aiohttp.WSMsgType.CLOSE
+        assert msg.data == aiohttp.WSCloseCode.MESSAGE_TOO_BIG
+
+
+async def test_total_client_cap(sim: Simulator, start_app: Any, make_config: MakeConfig) -> None:
+    """Above max_clients in total, a new live client gets 503 with Retry-After."""
+    config = with_server(make_config(sim.base), max_clients=2)  # type: ignore[attr-defined]
+    client = await start_app(config)
+    a = await client.ws_connect("/v1/supporters/websocket")
+    version = client.app[HUB].snapshot.version  # type: ignore[union-attr]
+    held = asyncio.create_task(client.get("/v1/supporters/poll", params={"since": str(version), "wait": "5"}))
+    await until(lambda: client.app[HUB].waiters == 1)
+    with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+        await client.ws_connect("/v1/supporters/websocket")
+    assert info.value.status == 503
+    await publish_change(client, sim, "Cap Release")
+    assert (await held).status == 200
+    await a.close()
