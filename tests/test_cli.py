@@ -231,3 +231,46 @@ async def test_watch_prints_each_new_version(
     assert len(lines) == 2
     assert "version 1: 2 / 9 supporters" in lines[0]
     assert "version 2: 3 / 9 supporters" in lines[1]
+
+
+async def test_demo_serves_live_changes(tmp_path: Path) -> None:
+    """`sponsord demo` serves a simulated campaign whose changes arrive as new frames."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "sponsord",
+        "demo",
+        "--port",
+        str(port),
+        "--interval",
+        "0.3",
+        "--state-dir",
+        str(tmp_path / "demo-state"),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+        env={"PATH": os.environ["PATH"]},
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        async with asyncio.timeout(30):
+            while True:
+                try:
+                    _, out = await asyncio.open_connection("127.0.0.1", port)
+                    out.close()
+                    break
+                except OSError:
+                    await asyncio.sleep(0.1)
+        code, out, err = await run_cli("watch", url, "--count", "3", timeout=30)
+        assert code == 0, err
+        versions = [int(line.split("version ")[1].split(":")[0]) for line in out.splitlines()]
+        assert len(versions) == 3
+        assert versions == sorted(set(versions))
+        assert (tmp_path / "demo-state" / "snapshot.json").is_file()
+    finally:
+        demo.terminate()
+        assert await asyncio.wait_for(demo.wait(), 15) == 0
