@@ -38,5 +38,43 @@ lint: $(TESTSTAMP)
 bench: $(TESTSTAMP)
 	@echo "make bench: the benchmark lands with issue 6; nothing to measure yet."
 
+# `sudo make install` puts sponsord on a server (docs/operations.md): the code
+# in a venv under $(PREFIX), the units in $(UNITDIR), and $(CONFDIR)/config.toml
+# unless one exists. Run it again from a newer checkout to upgrade.
+PREFIX  ?= /opt/sponsord
+UNITDIR ?= /etc/systemd/system
+CONFDIR ?= /etc/sponsord
+
+install:
+	$(PYTHON) -m venv $(PREFIX)/venv
+	$(PREFIX)/venv/bin/pip install --quiet --upgrade pip
+	$(PREFIX)/venv/bin/pip install --quiet --upgrade .
+	$(PREFIX)/venv/bin/pip install --quiet --no-deps --force-reinstall .  # same version: new code
+	install -d -m 0755 $(UNITDIR) $(CONFDIR)
+	install -d -m 0700 $(CONFDIR)/credentials
+	sed -e 's|/opt/sponsord|$(PREFIX)|g' -e 's|/etc/sponsord|$(CONFDIR)|g' systemd/sponsord.service \
+		> $(UNITDIR)/sponsord.service
+	chmod 0644 $(UNITDIR)/sponsord.service
+	install -m 0644 systemd/sponsord.socket $(UNITDIR)/sponsord.socket
+	test -e $(CONFDIR)/config.toml || install -m 0644 config.toml $(CONFDIR)/config.toml
+	if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+	@echo "Installed. Next: secrets in $(CONFDIR)/credentials/, edit $(CONFDIR)/config.toml, then"
+	@echo "  systemctl enable --now sponsord.socket sponsord.service   (see docs/operations.md)"
+
+# Refresh Cloudflare's published ranges (used by trusted_proxies = "cloudflare").
+# Nothing is downloaded at run time: review the diff and commit it.
+CF_IPS := sponsord/data/cloudflare-ips.txt
+cloudflare-ips:
+	tmp=$$(mktemp) && trap 'rm -f "$$tmp"' EXIT && \
+	{ grep '^#' $(CF_IPS); \
+	  curl -fsS --max-time 30 https://www.cloudflare.com/ips-v4; echo; \
+	  curl -fsS --max-time 30 https://www.cloudflare.com/ips-v6; echo; } | grep -v '^$$' > "$$tmp" && \
+	$(PYTHON) -c 'import ipaddress, sys; \
+	nets = [ipaddress.ip_network(l.strip()) for l in open(sys.argv[1]) if l.strip() and l[0] != "#"]; \
+	assert {n.version for n in nets} == {4, 6}, "expected IPv4 and IPv6 ranges"; \
+	print(len(nets), "ranges")' "$$tmp" && \
+	install -m 0644 "$$tmp" $(CF_IPS)
+	git diff --stat -- $(CF_IPS)
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,4 +1,10 @@
-"""Prometheus metrics, one registry per app so tests can run many apps."""
+"""Prometheus metrics, one registry per app so tests can run many apps.
+
+Labelled series that an operator alerts on are created at zero up front, so
+``rate()`` and ``increase()`` work from the first scrape instead of from the
+first event (a series that appears only when something goes wrong is easy to
+miss). docs/operations.md explains every metric.
+"""
 
 from __future__ import annotations
 
@@ -50,5 +56,18 @@ class Metrics:
             "sponsord_upstream_consecutive_failures", "Refresh failures in a row", registry=r
         )
         self.token_rotations = Counter(
-            "sponsord_token_rotations", "OAuth token rotations by outcome", ["outcome"], registry=r
+            "sponsord_token_rotations", "OAuth token exchanges by outcome", ["outcome"], registry=r
         )
+        self.token_expiry = Gauge(
+            "sponsord_token_expiry_timestamp_seconds",
+            "Unix time the Patreon access token expires (rotated tokens only)",
+            registry=r,
+        )
+        for transport in ("websocket", "longpoll"):
+            self.clients.labels(transport)
+        for outcome in ("changed", "unchanged", "auth", "rate_limited", "unavailable", "malformed"):
+            self.refreshes.labels(outcome)
+        for result in ("accepted", "ignored", "bad_signature", "too_large"):
+            self.webhooks.labels(result)
+        for outcome in ("rotated", "refused", "unavailable"):
+            self.token_rotations.labels(outcome)

@@ -72,7 +72,7 @@ class ClientAddresses:
         return None
 
     def __call__(self, request: web.BaseRequest) -> str:
-        """The client's address as a string ("unknown" if there is none)."""
+        """The client's address as a string ("local" for a Unix-socket peer)."""
         peer = self.peer(request)
         if peer is None:
             return "local"

@@ -1,10 +1,17 @@
 """The Patreon side of the daemon: HTTP session, token source, budget, client.
 
+The token source is :class:`~sponsord.tokens.RotatingTokens` when the OAuth
+client credentials and a refresh token are configured, else the static
+``PATREON_ACCESS_TOKEN``.
+
 Built with the app and opened by a cleanup context, so the refresher can be
 wired at creation time while the network session only exists while running.
 """
 
 from __future__ import annotations
+
+import asyncio
+from typing import Any
 
 import aiohttp
 
@@ -13,9 +20,13 @@ from .config import Config
 from .errors import UpstreamUnavailable
 from .metrics import Metrics
 from .patreon import Member, PatreonClient, StaticToken, TokenSource
+from .tokens import RotatingTokens
 
 #: Fewer connections than pages would serialize them anyway; Patreon pages are sequential.
 CONNECTION_LIMIT = 4
+
+#: Seconds close() gives cancelled fetches to unwind (they only run finally blocks).
+CLOSE_WAIT = 1.0
 
 
 class Upstream:
@@ -28,11 +39,16 @@ class Upstream:
         # Short bursts for page runs, the configured rate on average.
         self.budget = TokenBucket(p.requests_per_minute, burst=10)
         if tokens is None:
-            access = config.secrets.access_token
-            tokens = StaticToken(access.reveal() if access else "")
+            if config.secrets.can_rotate:
+                # Rotations spend the same budget as member requests.
+                tokens = RotatingTokens(config, self.budget, metrics)
+            else:
+                access = config.secrets.access_token
+                tokens = StaticToken(access.reveal() if access else "")
         self.tokens = tokens
         self.session: aiohttp.ClientSession | None = None
         self.client: PatreonClient | None = None
+        self._fetches: set[asyncio.Task[Any]] = set()
 
     async def open(self) -> None:
         """Create the HTTP session and the client."""
@@ -49,17 +65,33 @@ class Upstream:
         )
 
     async def close(self) -> None:
-        """Close the HTTP session."""
+        """Abort fetches still running, then close the HTTP session.
+
+        A refresh runs in its own task (single flight), which outlives the
+        refresher's loop being cancelled at shutdown; left alone it would go
+        on with a closed session and fail noisily after "stopped".
+        """
+        running = [task for task in self._fetches if not task.done()]
+        for task in running:
+            task.cancel()
+        if running:
+            await asyncio.wait(running, timeout=CLOSE_WAIT)
         if self.session is not None:
             await self.session.close()
         self.session = self.client = None
 
     async def fetch(self) -> list[Member]:
         """Every member of the campaign (see :meth:`PatreonClient.fetch_members`)."""
-        if self.client is None:
+        client = self.client
+        if client is None:
             raise UpstreamUnavailable("the upstream is not open")
-        before = self.client.requests
+        task = asyncio.current_task()
+        if task is not None:
+            self._fetches.add(task)
+        before = client.requests
         try:
-            return await self.client.fetch_members()
+            return await client.fetch_members()
         finally:
-            self.metrics.upstream_requests.inc(self.client.requests - before)
+            if task is not None:
+                self._fetches.discard(task)
+            self.metrics.upstream_requests.inc(client.requests - before)
