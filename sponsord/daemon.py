@@ -143,7 +143,10 @@ def raise_fd_limit(wanted: int) -> None:
     refuse clients long before ``max_clients``. Under the shipped unit the
     limit is set by ``LimitNOFILE=`` (and setrlimit is filtered out).
     """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except OSError:  # a seccomp filter that denies even reading it: nothing to do
+        return
     if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

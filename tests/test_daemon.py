@@ -26,8 +26,10 @@ import pytest
 from aiohttp import WSMsgType
 from aiohttp.test_utils import TestServer
 
+from sponsord.daemon import SHUTDOWN_TIMEOUT
 from sponsord.simulator import Simulator
 from sponsord.snapshot import Snapshot, SnapshotStore
+from sponsord.webhooks import sign
 
 from .daemon_process import SPONSORD, Daemon, eventually, get_json, running, static_env, write_config
 
@@ -278,3 +280,36 @@ async def test_secrets_from_credentials_directory(sim: tuple[Simulator, str], tm
             status, health = await get_json(session, f"{daemon.url}/healthz")
             assert status == 200 and health["upstream"]["ok"] is True
         assert await daemon.stop() == 0
+
+
+async def test_a_request_stuck_mid_body_does_not_stall_the_stop(
+    sim: tuple[Simulator, str], tmp_path: Path
+) -> None:
+    """A client that stops sending halfway through a body gets SHUTDOWN_TIMEOUT, then the daemon exits 0.
+
+    (aiohttp stops reading from connections once the stop begins, so such a
+    request cannot complete; Patreon retries a webhook that got no answer.)
+    """
+    simulator, url = sim
+    config = write_config(tmp_path, url)
+    async with running(config, static_env(simulator)) as daemon:
+        await daemon.wait_for("snapshot_published")
+        assert daemon.url is not None
+        host, port = daemon.url.removeprefix("http://").rsplit(":", 1)
+        body = simulator.webhook_body(next(iter(simulator.campaign.members)))
+        signature = sign(simulator.webhook_secret, body)
+        head = (
+            f"POST /v1/webhooks/patreon HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"X-Patreon-Event: members:update\r\nX-Patreon-Signature: {signature}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(head + body[:100])
+        await writer.drain()
+        await asyncio.sleep(0.2)  # the handler is now waiting for the rest of the body
+        started = time.monotonic()
+        daemon.signal(signal.SIGTERM)
+        assert await daemon.exited(SHUTDOWN_TIMEOUT + 3) == 0
+        assert time.monotonic() - started < SHUTDOWN_TIMEOUT + 3
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, not left hanging
+        writer.close()
