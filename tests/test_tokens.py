@@ -284,9 +284,9 @@ def secrets_seen(simulator: Simulator, *more: str | None) -> list[str]:
 
 
 async def healthy(session: aiohttp.ClientSession, daemon: Daemon) -> bool:
-    """True once the daemon's last refresh from Patreon succeeded."""
+    """True once the daemon's last refresh from Patreon succeeded and a snapshot is served."""
     status, health = await get_json(session, f"{daemon.url}/healthz")
-    return status == 200 and health["upstream"]["ok"] is True
+    return status == 200 and health["status"] == "ok" and health["upstream"]["ok"] is True
 
 
 async def test_restart_after_rotation_uses_the_persisted_pair(sim: Sim, tmp_path: Path) -> None:
