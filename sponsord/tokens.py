@@ -365,6 +365,15 @@ def _pairs(state: TokenState) -> dict[str, Any]:
 
 def _helper_main() -> int:
     """``python -m sponsord.tokens``: read a request on stdin, exchange, answer on stdout."""
+    # stdout carries the answer to the daemon: log lines go to stderr (the journal).
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.JSONRenderer(),
+        ],
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
     committed = False
 
     def on_signal(signum: int, frame: object) -> None:

@@ -233,6 +233,20 @@ async def test_previous_pair_is_tried_when_current_is_refused(
     assert simulator.token_requests == 2
 
 
+async def test_an_unreadable_state_file_falls_back_and_is_replaced(
+    sim: Sim, make_config: Callable[..., Config]
+) -> None:
+    """A state file that is not one (logged) is ignored; the configured token rotates and replaces it."""
+    simulator, url = sim
+    base = make_config(url)
+    base.state.dir.mkdir(parents=True)
+    (base.state.dir / TOKENS_FILE).write_text("{not json")
+    config = rotating(base, simulator)
+    tokens = RotatingTokens(config, big_budget(), Metrics())
+    assert await tokens.get() in simulator.access_tokens
+    assert state_of(config).current.refresh_token == simulator.refresh_token
+
+
 async def test_locked_out_says_what_to_do(sim: Sim, make_config: Callable[..., Config]) -> None:
     """Every refresh token refused: a TokenRotationError naming the fix, with no secret in it."""
     simulator, url = sim
