@@ -310,7 +310,10 @@ def _exchange_locked(
     path = state_dir / TOKENS_FILE
     use = TokenPair.from_json(request["use"])
     remove_stale_temps(state_dir, TOKENS_FILE)
-    state = read_state(path)
+    try:
+        state = read_state(path)
+    except OSError as exc:  # nothing sent yet: the token is intact, say why and stop
+        return {"outcome": "unavailable", "error": f"cannot read {path}: {exc.strerror or exc}"}
     if state is not None and state.current.refresh_token != request.get("expect_current"):
         # A helper of a previous daemon rotated since this daemon read the
         # file: spending our token again would only be refused.
