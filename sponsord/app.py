@@ -21,6 +21,7 @@ from .config import Config
 from .hub import ClientLimits, Hub
 from .keys import ADDRESSES, CONFIG, HUB, LIMITS, METRICS, METRICS_ALLOW, REFRESHER, UPSTREAM
 from .metrics import Metrics
+from .openapi import routes as openapi_routes
 from .patreon import TokenSource
 from .proxies import ClientAddresses, parse_networks
 from .refresher import Refresher
@@ -73,6 +74,7 @@ def create_app(config: Config, *, tokens: TokenSource | None = None) -> web.Appl
     )
     app.add_routes(routes)
     app.add_routes(webhook_routes)
+    app.add_routes(openapi_routes)
     app.router.add_static("/static", base / "static", append_version=True)
     app.cleanup_ctx.append(_upstream_ctx)
     app.cleanup_ctx.append(_refresher_ctx)

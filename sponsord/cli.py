@@ -21,6 +21,7 @@ import aiohttp
 from aiohttp import web
 
 from . import __version__
+from .budget import TokenBucket
 from .config import (
     Config,
     DisplayConfig,
@@ -125,6 +126,8 @@ async def fetch_members(config: Config) -> list[Member]:
             StaticToken(token.reveal() if token else ""),
             timeout=config.patreon.request_timeout,
             max_pages=config.patreon.max_pages,
+            # A campaign of many pages must not burst past Patreon's limits either.
+            budget=TokenBucket(config.patreon.requests_per_minute),
         )
         return await client.fetch_members()
 

@@ -109,9 +109,21 @@ def _obj(value: Any, where: str) -> dict[str, Any]:
 
 
 def _opt_str(value: Any, where: str) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return _unicode(value)
     raise MalformedResponse(f"{where}: expected a string or null, got {type(value).__name__}")
+
+
+def _unicode(value: str) -> str:
+    """``value`` as valid Unicode: JSON's ``"\\ud800"`` escapes decode to lone surrogates,
+    which no UTF-8 encoder accepts, so one odd name would stop every snapshot."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return value
 
 
 def _id(value: Any, where: str) -> str:

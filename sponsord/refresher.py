@@ -177,6 +177,13 @@ class Refresher:
         try:
             members = await self._fetch()
             supporters = build_supporters(members)
+            current = self.snapshot
+            # Built (and encoded) inside the guard: a value that cannot be
+            # encoded must fail this refresh, not end the refresher.
+            if current is None:
+                new: Snapshot | None = first_snapshot(supporters, self.goal_count, self._now())
+            else:
+                new = current.successor(supporters, self.goal_count, self._now())
         except UpstreamError as exc:
             self._failed(exc, exc.kind)
             return self.snapshot
@@ -191,11 +198,6 @@ class Refresher:
         h.last_success_at, h.last_success_mono = self._now(), self._clock()
         self.metrics.upstream_up.set(1)
         self.metrics.consecutive_failures.set(0)
-        current = self.snapshot
-        if current is None:
-            new: Snapshot | None = first_snapshot(supporters, self.goal_count, self._now())
-        else:
-            new = current.successor(supporters, self.goal_count, self._now())
         if new is None:
             self.metrics.refreshes.labels("unchanged").inc()
             return current

@@ -57,15 +57,18 @@ def pledge_start(member: Member) -> datetime:
 
 def build_supporters(members: Iterable[Member]) -> tuple[Supporter, ...]:
     """The supporters to show, in display order, privacy applied."""
+    members = list(members)
+    # A member listed twice (pages shifting under a cursor) gets one loaf, and
+    # is named only if no listing hides them: privacy must not depend on order.
+    private = {m.id for m in members if m.hide_pledges is not False}
     named: list[tuple[datetime, str, str]] = []
     anonymous: list[tuple[datetime, str]] = []
     seen: set[str] = set()
     for member in members:
-        # A member listed twice (pages shifting under a cursor) still gets one loaf.
         if not counts(member) or member.id in seen:
             continue
         seen.add(member.id)
-        name = display_name(member)
+        name = None if member.id in private else display_name(member)
         if name is None:
             anonymous.append((pledge_start(member), member.id))
         else:

@@ -9,6 +9,7 @@ data, since a full refresh is the only source of truth.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 from collections.abc import Iterable
@@ -23,6 +24,10 @@ log = structlog.get_logger(__name__)
 
 #: Patreon's member payloads are a few KiB; 256 KiB leaves room and caps abuse.
 MAX_BODY = 256 * 1024
+
+#: Patreon sends a few KiB in one go; a body still trickling in after this
+#: long is someone holding our sockets (a slow-POST attack).
+BODY_TIMEOUT = 10.0
 
 #: Events that can change who is shown. ``posts:*`` and unknown ones cannot.
 MEMBER_EVENTS = frozenset(
@@ -65,16 +70,28 @@ def signature_valid(secrets: Iterable[Secret], body: bytes, header: str | None) 
     return valid
 
 
-async def read_limited(request: web.Request, limit: int = MAX_BODY) -> bytes | None:
-    """The raw body, or None when it exceeds ``limit`` (read no further)."""
+async def read_limited(
+    request: web.Request, limit: int = MAX_BODY, timeout: float = BODY_TIMEOUT
+) -> bytes | None:
+    """The raw body, or None when it exceeds ``limit`` (read no further).
+
+    A body that cannot be decoded (bad chunks, bad gzip) is a 400, one that
+    has not arrived within ``timeout`` a 408: client errors, never a 500.
+    """
     if request.content_length is not None and request.content_length > limit:
         return None
     chunks, size = [], 0
-    while chunk := await request.content.read(64 * 1024):
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout):
+            while chunk := await request.content.read(64 * 1024):
+                size += len(chunk)
+                if size > limit:
+                    return None
+                chunks.append(chunk)
+    except web.RequestPayloadError:
+        raise web.HTTPBadRequest(text="malformed request body") from None
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(text="the request body did not arrive in time") from None
     return b"".join(chunks)
 
 
