@@ -397,7 +397,9 @@ def _helper_main() -> int:
         sys.stdout.write(json.dumps(result))
         sys.stdout.flush()
     except BrokenPipeError:
-        pass  # the daemon is gone; the pair is on disk for the next one
+        # The daemon is gone; the pair is on disk for the next one. Point stdout
+        # at /dev/null, or the flush at exit prints a traceback to the journal.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
