@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -193,23 +194,25 @@ class Refresher:
             return self.snapshot
         finally:
             self.metrics.upstream_seconds.observe(self._clock() - started)
+        if new is None:
+            self.metrics.refreshes.labels("unchanged").inc()
+        else:
+            self.metrics.refreshes.labels("changed").inc()
+            try:
+                await asyncio.to_thread(self._store.save, new)
+            except OSError as exc:  # keep serving; the next change retries the write
+                log.error("snapshot_persist_failed", error=str(exc), version=new.version)
+            self.snapshot = new
+            self._publish(new)
+            log.info("snapshot_published", version=new.version, supporters=len(supporters))
+        # Healthy only once the new state is served, so /healthz never says
+        # "upstream ok" while still "starting".
         h = self.health
         h.ok, h.last_error, h.consecutive_failures = True, None, 0
         h.last_success_at, h.last_success_mono = self._now(), self._clock()
         self.metrics.upstream_up.set(1)
         self.metrics.consecutive_failures.set(0)
-        if new is None:
-            self.metrics.refreshes.labels("unchanged").inc()
-            return current
-        self.metrics.refreshes.labels("changed").inc()
-        try:
-            await asyncio.to_thread(self._store.save, new)
-        except OSError as exc:  # keep serving; the next change retries the write
-            log.error("snapshot_persist_failed", error=str(exc), version=new.version)
-        self.snapshot = new
-        self._publish(new)
-        log.info("snapshot_published", version=new.version, supporters=len(supporters))
-        return new
+        return self.snapshot
 
     def _failed(self, exc: Exception, kind: str) -> None:
         h = self.health
@@ -264,10 +267,11 @@ class Refresher:
 
     async def _poll_loop(self) -> None:
         while True:
+            # Cleared before the refresh: a poke arriving during it means "again".
+            self._poke.clear()
             await self.refresh()
             delay = self.next_delay()
             log.debug("next_poll", seconds=round(delay, 3))
-            self._poke.clear()
             try:
                 async with asyncio.timeout(delay):
                     await self._poke.wait()
@@ -279,10 +283,21 @@ class Refresher:
         self._poke.set()
 
     async def run(self) -> None:
-        """Run the poll timer and the webhook debouncer until cancelled."""
-        async with asyncio.TaskGroup() as group:
-            group.create_task(self._poll_loop())
-            group.create_task(self._debounce_loop())
+        """Run the poll timer and the webhook debouncer until cancelled.
+
+        Cancelling it also cancels a fetch in flight: callers share fetches
+        through ``shield``, so nothing else would stop it at shutdown.
+        """
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._poll_loop())
+                group.create_task(self._debounce_loop())
+        finally:
+            task = self._inflight
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     # -- reporting ---------------------------------------------------------
 

@@ -175,8 +175,10 @@ async def test_rate_limit_blocks_requests_until_it_passes(tmp_path: Path) -> Non
     fake = FakeUpstream()
     fake.error = RateLimited("429", 9.0)
     published: list[Snapshot] = []
+
     def clock() -> float:
         return now[0]
+
     r = Refresher(
         fake,
         published.append,
@@ -225,3 +227,35 @@ async def test_version_continues_after_restart(tmp_path: Path) -> None:
     fake.members.append(mk("3", "Cy"))
     await r2.refresh()
     assert published[-1].version == 3
+
+
+async def test_stopping_run_cancels_the_fetch_in_flight(tmp_path: Path) -> None:
+    """Cancelling run() (shutdown) also stops a fetch that is still waiting on Patreon."""
+    fake = FakeUpstream()
+    fake.gate = asyncio.Event()  # never set: the fetch hangs
+    r, published = make(tmp_path, fake)
+    runner = asyncio.create_task(r.run())
+    for _ in range(100):
+        if fake.calls:
+            break
+        await asyncio.sleep(0.01)
+    inflight = r._inflight
+    assert inflight is not None
+    runner.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await runner
+    assert inflight.cancelled()
+    assert published == []
+
+
+async def test_health_turns_ok_only_with_a_served_snapshot(tmp_path: Path) -> None:
+    """While the first snapshot is being persisted and published, health is not yet ok."""
+    fake = FakeUpstream()
+    seen: list[bool | None] = []
+    store = SnapshotStore(tmp_path)
+    r = Refresher(
+        fake, lambda s: seen.append(r.health.ok), store, PatreonConfig(campaign_id="1"), 20, Metrics()
+    )
+    await r.refresh()
+    assert seen == [None]
+    assert r.health.ok is True
