@@ -21,7 +21,6 @@ import aiohttp
 from aiohttp import web
 
 from . import __version__
-from .budget import TokenBucket
 from .config import (
     Config,
     DisplayConfig,
@@ -34,8 +33,10 @@ from .config import (
 )
 from .errors import ConfigError, UpstreamError
 from .logs import setup_logging
-from .patreon import Member, PatreonClient, StaticToken
+from .metrics import Metrics
+from .patreon import Member
 from .roster import build_supporters, counts, display_name, pledge_start
+from .upstream import Upstream
 
 EXIT_CONFIG = 2
 EXIT_UPSTREAM = 1
@@ -116,20 +117,13 @@ def _require_credentials(config: Config) -> None:
 
 
 async def fetch_members(config: Config) -> list[Member]:
-    """Fetch every member once, as ``serve`` would."""
-    token = config.secrets.access_token
-    async with aiohttp.ClientSession() as session:
-        client = PatreonClient(
-            session,
-            config.patreon.api_base,
-            config.patreon.campaign_id,
-            StaticToken(token.reveal() if token else ""),
-            timeout=config.patreon.request_timeout,
-            max_pages=config.patreon.max_pages,
-            # A campaign of many pages must not burst past Patreon's limits either.
-            budget=TokenBucket(config.patreon.requests_per_minute),
-        )
-        return await client.fetch_members()
+    """Fetch every member once, exactly as ``serve`` would (same tokens, budget, client)."""
+    upstream = Upstream(config, Metrics())
+    await upstream.open()
+    try:
+        return await upstream.fetch()
+    finally:
+        await upstream.close()
 
 
 def print_table(members: Sequence[Member], out: object) -> None:

@@ -274,3 +274,18 @@ async def test_demo_serves_live_changes(tmp_path: Path) -> None:
     finally:
         demo.terminate()
         assert await asyncio.wait_for(demo.wait(), 15) == 0
+
+
+async def test_fetch_with_rotation_credentials_only(sim_url: tuple[Simulator, str], tmp_path: Path) -> None:
+    """With only the OAuth client and refresh token, `fetch` rotates like serve and prints the table."""
+    sim, url = sim_url
+    env = {
+        "PATREON_CLIENT_ID": sim.client_id,
+        "PATREON_CLIENT_SECRET": sim.client_secret,
+        "PATREON_REFRESH_TOKEN": sim.refresh_token or "",
+    }
+    code, out, err = await run_cli("fetch", "--config", str(write_config(tmp_path, url)), env=env)
+    assert code == 0, err
+    assert "2 supporters (3 members fetched)" in out
+    assert sim.token_requests == 1
+    assert (tmp_path / "state" / "patreon-tokens.json").is_file()
