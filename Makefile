@@ -38,7 +38,7 @@ lint: $(TESTSTAMP)
 bench: $(TESTSTAMP)
 	@echo "make bench: the benchmark lands with issue 6; nothing to measure yet."
 
-# `sudo make install` puts sponsord on a server (docs/operations.md): the code
+# `sudo make install` puts sponsord on a server (README.md, "Operations"): the code
 # in a venv under $(PREFIX), the units in $(UNITDIR), and $(CONFDIR)/config.toml
 # unless one exists. Run it again from a newer checkout to upgrade.
 PREFIX  ?= /opt/sponsord
@@ -59,7 +59,7 @@ install:
 	test -e $(CONFDIR)/config.toml || install -m 0644 config.toml $(CONFDIR)/config.toml
 	if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 	@echo "Installed. Next: secrets in $(CONFDIR)/credentials/, edit $(CONFDIR)/config.toml, then"
-	@echo "  systemctl enable --now sponsord.socket sponsord.service   (see docs/operations.md)"
+	@echo "  systemctl enable --now sponsord.socket sponsord.service   (see README.md, Operations)"
 
 # Refresh Cloudflare's published ranges (used by trusted_proxies = "cloudflare").
 # Nothing is downloaded at run time: review the diff and commit it.

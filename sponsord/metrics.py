@@ -3,7 +3,7 @@
 Labelled series that an operator alerts on are created at zero up front, so
 ``rate()`` and ``increase()`` work from the first scrape instead of from the
 first event (a series that appears only when something goes wrong is easy to
-miss). docs/operations.md explains every metric.
+miss). README.md, "Operations" explains every metric.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class Metrics:
-    """Every metric sponsord exports (see README, "Metrics")."""
+    """Every metric sponsord exports (see README.md, "Operations")."""
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
