@@ -127,6 +127,8 @@ class Daemon:
         self._reader = asyncio.create_task(self._read())
         if wait:
             self.url = await asyncio.wait_for(asyncio.shield(self._listening), timeout)
+            if not self.url:
+                raise RuntimeError(f"daemon exited early: {self.lines[-5:]}")
         return self
 
     async def _read(self) -> None:
@@ -142,7 +144,7 @@ class Daemon:
             if entry.get("event") == "listening" and self._listening and not self._listening.done():
                 self._listening.set_result(str(entry["url"]))
         if self._listening is not None and not self._listening.done():
-            self._listening.set_exception(RuntimeError(f"daemon exited early: {self.lines[-5:]}"))
+            self._listening.set_result("")  # exited without listening (start() says so)
 
     def errors(self) -> list[dict[str, Any]]:
         """Log lines at error level or above, and anything that is not a JSON log line."""
