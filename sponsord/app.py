@@ -45,7 +45,11 @@ def create_app(config: Config, *, tokens: TokenSource | None = None) -> web.Appl
     tokens: where Patreon access tokens come from (default: the static
         ``PATREON_ACCESS_TOKEN``).
     """
-    app = web.Application(client_max_size=256 * 1024)
+    # aiohttp's keep-alive timer also runs while a request's headers are still
+    # arriving: it is the header-read timeout that bounds a slowloris socket.
+    app = web.Application(
+        client_max_size=256 * 1024, handler_args={"keepalive_timeout": config.server.idle_timeout}
+    )
     metrics = Metrics()
     hub = Hub(metrics, slow_timeout=config.server.slow_client_timeout)
     upstream = Upstream(config, metrics, tokens)

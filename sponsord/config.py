@@ -70,6 +70,8 @@ class ServerConfig:
         is closed with 4008.
     longpoll_wait: default seconds a long-poll is held (``wait=`` may shorten).
     metrics_allow: networks allowed to read ``/metrics``.
+    idle_timeout: seconds a connection may sit idle, or take to send its
+        request headers, before it is closed (the defence against slowloris).
     """
 
     host: str = "127.0.0.1"
@@ -84,6 +86,7 @@ class ServerConfig:
     slow_client_timeout: float = 10.0
     longpoll_wait: float = 25.0
     metrics_allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    idle_timeout: float = 75.0
 
     @property
     def public_origin(self) -> str:
@@ -334,6 +337,7 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> Config:
         slow_client_timeout=s.seconds("slow_client_timeout", d.slow_client_timeout, 0.1, 300),
         longpoll_wait=s.seconds("longpoll_wait", d.longpoll_wait, 1, 55),
         metrics_allow=_networks(s, "metrics_allow", s.strings("metrics_allow", d.metrics_allow)),
+        idle_timeout=s.seconds("idle_timeout", d.idle_timeout, 1, 3600),
     )
     s.finish()
 

@@ -44,7 +44,13 @@ def setup_logging(level: str = "info", *, json: bool | None = None) -> None:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            # format_exc_info: aiohttp's "Error handling request" carries exc_info;
+            # without it the JSON line holds a tuple's repr and loses the traceback.
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
             foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
         )
     )
