@@ -76,5 +76,10 @@ cloudflare-ips:
 	install -m 0644 "$$tmp" $(CF_IPS)
 	git diff --stat -- $(CF_IPS)
 
+# Thousands of WebSocket and long-poll clients on a real daemon for 10 minutes
+# while the roster churns (SOAK_SECONDS=120 for a shorter run; tests/soak/).
+soak: $(TESTSTAMP)
+	$(BIN)/python -m tests.soak
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

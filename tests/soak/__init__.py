@@ -1,0 +1,1 @@
+"""The soak: thousands of live clients for minutes (``make soak``; not part of ``make test``)."""
