@@ -6,7 +6,7 @@
 - :class:`ThreadedStack` runs the simulator and the app in a background event
   loop, for synchronous drivers (hypothesis, schemathesis) that block.
 - :func:`record_figures` keeps the figures the closing note reports in
-  ``docs/hostile.json`` (one key per test).
+  ``tests/artifacts/hostile.json`` (one key per test; ``docs/hostile.md``).
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ from sponsord.simulator import Simulator
 from .conftest import ACCESS_TOKEN, WEBHOOK_SECRET
 
 ROOT = Path(__file__).resolve().parent.parent
-FIGURES = ROOT / "docs" / "hostile.json"
+#: Figures of the last run (git-ignored); docs/hostile.md reports a run of them.
+FIGURES = ROOT / "tests" / "artifacts" / "hostile.json"
 
 TomlValue = str | int | float | bool | list[str]
 
@@ -249,9 +250,9 @@ class ThreadedStack:
 
 
 def record_figures(name: str, figures: Mapping[str, Any]) -> None:
-    """Print ``figures`` and keep them under ``name`` in docs/hostile.json."""
+    """Print ``figures`` and keep them under ``name`` in tests/artifacts/hostile.json."""
     print(f"\n[figures] {name}: {json.dumps(figures, sort_keys=True)}", flush=True)
-    FIGURES.parent.mkdir(exist_ok=True)
+    FIGURES.parent.mkdir(parents=True, exist_ok=True)
     try:
         data = json.loads(FIGURES.read_text())
     except (OSError, ValueError):

@@ -69,7 +69,7 @@ def test_bucket_never_exceeds_the_rate_in_any_minute() -> None:
     assert 1000 / minutes <= 100  # the sustained rate holds too
 
 
-@settings(max_examples=60, deadline=None, derandomize=True)
+@settings(max_examples=60, deadline=None, derandomize=True, database=None)
 @given(
     rate=st.floats(min_value=1, max_value=100),
     burst=st.integers(min_value=1, max_value=100),

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -22,12 +23,25 @@ from sponsord.snapshot import Snapshot
 
 from .live import record_figures
 
+#: The same examples on every run, and no example database left in the checkout.
 SETTINGS = settings(
-    max_examples=400, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=400,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
 )
 
-#: Every example run here, reported in docs/hostile.json.
+#: Every example run here, recorded in tests/artifacts/hostile.json.
 RUNS = {"parser_documents": 0, "rosters": 0, "retry_after": 0}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report_runs() -> Iterator[None]:
+    """After the module: record how many generated examples the properties ran."""
+    yield
+    record_figures("properties", dict(RUNS))
+
 
 # -- any JSON value, and JSON:API-ish documents built from it ----------------
 
@@ -296,8 +310,3 @@ async def test_a_lone_surrogate_name_does_not_stop_refreshing(
     snap = await refresher.refresh(fresh=True)
     assert snap is not None and {"title": "Next Nadia"} in snap.supporters
     assert refresher.health.ok is True
-
-
-def test_zz_report_property_runs() -> None:
-    """Record how many generated examples the properties above ran (for the closing note)."""
-    record_figures("properties", dict(RUNS))

@@ -11,7 +11,7 @@ follow it for ``SOAK_SECONDS``. Then the changes stop, and:
   the warm-up (all clients connected and a first stretch of changes);
 - the daemon must have logged no error.
 
-The figures go to stdout and to ``docs/hostile.json`` under ``soak``; the
+The figures go to stdout and to ``tests/artifacts/hostile.json`` (``soak``); the
 exit status is 0 only when all three hold.
 """
 
