@@ -3,19 +3,27 @@
 The frame for a snapshot is built once (``{"type":"full_state","data":...}``
 with its RFC 6455 header) and the same bytes are written to every client's
 transport: no per-client encoding, no per-client task, no queue. A client
-that has not drained the previous frame gets no new one appended; it is
-marked to receive the newest frame once it drains (latest wins), and closed
-with 4008 if it stays blocked past ``slow_timeout``.
+that has not drained the previous frame gets no new one appended; it keeps
+only the newest frame and receives it once it drains (latest wins), and is
+closed with 4008 if it stays blocked past ``slow_timeout``.
 
-Long-poll waiters all await one shared future per version, resolved by the
-same publication.
+WebSocket clients are normally connections taken from aiohttp after the
+upgrade (:mod:`sponsord.detach`) into a :class:`~sponsord.websocket.WsConnection`,
+so an idle client costs its socket and a few fields. Their heartbeat is one
+timer for the whole hub, pinging a tenth of the clients each tenth of the
+interval. Clients that negotiated permessage-deflate (``websocket_compress =
+true``) stay aiohttp WebSocket responses (:meth:`Hub.add`), which deflate per
+client.
+
+Held long-polls (:class:`~sponsord.longpoll.HeldPoll`) are answered by the same
+publication with one pre-rendered HTTP answer; coroutine waiters
+(:meth:`Hub.wait_change`) all await one shared future per version.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import struct
 import time
 import weakref
 from collections import Counter as Tally
@@ -23,8 +31,12 @@ from collections import Counter as Tally
 import structlog
 from aiohttp import WSCloseCode, web
 
+from .longpoll import Headers, HeldPoll, render
 from .metrics import Metrics
-from .snapshot import Snapshot
+from .snapshot import Snapshot, encode
+from .websocket import PING, WsConnection, close_frame, text_frame
+
+__all__ = ["CLOSE_ALL_TIMEOUT", "ClientLimits", "Closing", "Hub", "close_frame", "full_state", "text_frame"]
 
 log = structlog.get_logger(__name__)
 
@@ -38,23 +50,12 @@ DRAIN_POLL = 0.05
 #: A whole shutdown of live clients must fit well inside systemd's stop timeout.
 CLOSE_ALL_TIMEOUT = 3.0
 
+#: The heartbeat visits clients in this many groups, one group per tick, so
+#: ten thousand pings (and pongs) never land at the same moment.
+HEARTBEAT_SLICES = 10
 
-def text_frame(payload: bytes) -> bytes:
-    """An unmasked, final, uncompressed RFC 6455 text frame (server to client)."""
-    n = len(payload)
-    if n < 126:
-        header = struct.pack("!BB", 0x81, n)
-    elif n < 1 << 16:
-        header = struct.pack("!BBH", 0x81, 126, n)
-    else:
-        header = struct.pack("!BBQ", 0x81, 127, n)
-    return header + payload
-
-
-def close_frame(code: int, reason: str) -> bytes:
-    """An unmasked close frame with ``code`` and ``reason``."""
-    payload = struct.pack("!H", code) + reason.encode()[:123]
-    return struct.pack("!BB", 0x88, len(payload)) + payload
+#: Seconds a long-poll client is told to wait before it comes back.
+RETRY_AFTER = "5"
 
 
 def full_state(snapshot: Snapshot) -> bytes:
@@ -120,10 +121,24 @@ class Hub:
         self.closing = False
         self._frame = b""
         self._text = ""
+        # aiohttp-managed clients (permessage-deflate), see add()
         self._clients: weakref.WeakSet[WsClient] = weakref.WeakSet()
         self._strong: set[WsClient] = set()  # a client lives as long as its handler
+        # detached clients, see attach()
+        self._conns: set[WsConnection] = set()
+        self._slices: list[set[WsConnection]] = [set() for _ in range(HEARTBEAT_SLICES)]
+        self._next_slice = 0
+        self._beat: asyncio.TimerHandle | None = None
+        self._beat_every = 0.0
+        self._emptied: asyncio.Future[None] | None = None
+        # long-polls
         self._changed: asyncio.Future[None] | None = None
+        self._polls: set[HeldPoll] = set()
         self.waiters = 0
+        # labelled children looked up once, not per client
+        self._ws_gauge = metrics.clients.labels("websocket")
+        self._poll_gauge = metrics.clients.labels("longpoll")
+        self._answers = {code: metrics.longpoll_answers.labels(code) for code in ("200", "204", "503")}
 
     # -- publication -------------------------------------------------------
 
@@ -134,15 +149,27 @@ class Hub:
         payload = full_state(snapshot)
         self._frame = frame = text_frame(payload)
         self._text = ""  # built lazily, only if a compressing client exists
-        clients = list(self._clients)
-        for client in clients:
-            self._offer(client, frame)
+        # The hot loop: one pre-built frame per detached client, nothing else.
+        conns = () if self.closing else self._conns  # no data after a close frame
+        for conn in conns:
+            if conn.blocked:
+                conn.pending = frame  # latest wins: replace, never queue
+            else:
+                conn.transport.write(frame)  # type: ignore[union-attr]
+        sent = len(conns)
+        if self._strong:
+            clients = list(self._strong)
+            for client in clients:
+                self._offer(client, frame)
+            sent += len(clients)
+        if self._polls:
+            self._answer_polls(snapshot)
         changed, self._changed = self._changed, None
         if changed is not None and not changed.done():
             changed.set_result(None)
         m = self.metrics
         m.broadcasts.inc()
-        m.frames_sent.inc(len(clients))
+        m.frames_sent.inc(sent)
         m.broadcast_seconds.observe(time.perf_counter() - started)
         m.snapshot_version.set(snapshot.version)
 
@@ -209,14 +236,74 @@ class Hub:
         # close() waits for the buffer to drain, which a stuck peer never does.
         asyncio.get_running_loop().call_later(1.0, transport.abort)
 
-    # -- websocket clients -------------------------------------------------
+    # -- detached websocket clients ----------------------------------------
+
+    def attach(self, conn: WsConnection, heartbeat: float | None = None) -> None:
+        """Register a detached client (its upgrade answered) and send it the current state.
+
+        heartbeat: seconds between pings for every detached client (None: no pings).
+        """
+        if conn.transport is None or conn.transport.is_closing():
+            return
+        self._conns.add(conn)
+        conn.bucket = self._next_slice
+        self._next_slice = (self._next_slice + 1) % HEARTBEAT_SLICES
+        self._slices[conn.bucket].add(conn)
+        self._ws_gauge.inc()
+        if heartbeat and self._beat is None and not self.closing:
+            self._beat_every = heartbeat / HEARTBEAT_SLICES
+            self._beat = asyncio.get_running_loop().call_later(self._beat_every, self._heartbeat, 0)
+        if self.snapshot is not None:
+            conn.send(self._frame)
+
+    def lost(self, conn: WsConnection) -> None:
+        """A detached client is gone (called by the connection)."""
+        if conn in self._conns:
+            self._conns.discard(conn)
+            self._slices[conn.bucket].discard(conn)
+            self._ws_gauge.dec()
+        if not self._conns and self._emptied is not None and not self._emptied.done():
+            self._emptied.set_result(None)
+
+    def blocked(self, conn: WsConnection) -> None:
+        """A detached client has unsent bytes: it has ``slow_timeout`` to take them."""
+        if conn.slow is None:
+            conn.slow = asyncio.get_running_loop().call_later(self.slow_timeout, self._too_slow, conn)
+
+    def _too_slow(self, conn: WsConnection) -> None:
+        conn.slow = None
+        if conn.blocked and conn in self._conns:
+            self.metrics.slow_disconnects.inc()
+            log.info("websocket_slow_client_closed", client=conn.address)
+            conn.fail(SLOW_CLIENT_CODE, "too slow, reconnect")
+
+    def _heartbeat(self, tick: int) -> None:
+        """Ping one slice of the clients; drop those that ignored the previous ping."""
+        self._beat = None
+        if self.closing:
+            return
+        dead = []
+        for conn in self._slices[tick % HEARTBEAT_SLICES]:
+            if conn.blocked or conn.closing:
+                continue  # a blocked client is the slow timer's business
+            if not conn.seen:
+                dead.append(conn)
+            else:
+                conn.seen = False
+                conn.transport.write(PING)  # type: ignore[union-attr]
+        for conn in dead:
+            log.info("websocket_heartbeat_missed", client=conn.address)
+            conn.transport.abort()  # type: ignore[union-attr]
+        self._beat = asyncio.get_running_loop().call_later(self._beat_every, self._heartbeat, tick + 1)
+
+    # -- aiohttp websocket clients -----------------------------------------
 
     def add(self, ws: web.WebSocketResponse, transport: asyncio.Transport, address: str) -> WsClient:
         """Register a connected client and send it the current state at once."""
         client = WsClient(ws, transport, address)
         self._clients.add(client)
         self._strong.add(client)
-        self.metrics.clients.labels("websocket").inc()
+        self._ws_gauge.inc()
         if self.snapshot is not None:
             self._offer(client, self._frame)
         return client
@@ -226,16 +313,64 @@ class Hub:
         if client in self._strong:
             self._strong.discard(client)
             self._clients.discard(client)
-            self.metrics.clients.labels("websocket").dec()
+            self._ws_gauge.dec()
         if client.drainer is not None:
             client.drainer.cancel()
 
     @property
     def websocket_count(self) -> int:
         """How many WebSocket clients are connected."""
-        return len(self._strong)
+        return len(self._conns) + len(self._strong)
 
     # -- long-poll ---------------------------------------------------------
+
+    def hold(self, poll: HeldPoll, timeout: float) -> None:
+        """Hold a detached long-poll until the next version, or ``timeout`` seconds."""
+        if poll.transport is None or poll.transport.is_closing():
+            return
+        self._polls.add(poll)
+        self.waiters += 1
+        self._poll_gauge.inc()
+        poll.timer = asyncio.get_running_loop().call_later(timeout, self._expired, poll)
+
+    def unhold(self, poll: HeldPoll) -> None:
+        """A held poll's client went away (called by the poll)."""
+        if poll in self._polls:
+            self._polls.discard(poll)
+            self.waiters -= 1
+            self._poll_gauge.dec()
+
+    def _expired(self, poll: HeldPoll) -> None:
+        poll.timer = None
+        if poll not in self._polls:
+            return
+        self.unhold(poll)
+        if self.snapshot is None:
+            self._answers["503"].inc()
+            poll.answer(self._unavailable(poll.cors, "no snapshot yet"))
+        else:
+            self._answers["204"].inc()
+            poll.answer(render(204, (("Cache-Control", "no-store"), *poll.cors)))
+
+    def _answer_polls(self, snapshot: Snapshot) -> None:
+        polls, self._polls = self._polls, set()
+        base = (("Cache-Control", "no-store"), ("ETag", snapshot.etag))
+        answers: dict[Headers, bytes] = {}
+        for poll in polls:
+            raw = answers.get(poll.cors)
+            if raw is None:
+                raw = answers[poll.cors] = render(200, base + poll.cors, snapshot.body)
+            poll.send(raw)
+        for poll in polls:
+            poll.hang_up()
+        self.waiters -= len(polls)
+        self._poll_gauge.dec(len(polls))
+        self._answers["200"].inc(len(polls))
+
+    @staticmethod
+    def _unavailable(cors: Headers, message: str) -> bytes:
+        headers = (("Retry-After", RETRY_AFTER), ("Cache-Control", "no-store"), *cors)
+        return render(503, headers, encode({"error": message}))
 
     async def wait_change(self, since: int | None, timeout: float) -> Snapshot | None:
         """Wait until the version differs from ``since``; None on timeout.
@@ -244,7 +379,7 @@ class Hub:
         """
         deadline = asyncio.get_running_loop().time() + timeout
         self.waiters += 1
-        self.metrics.clients.labels("longpoll").inc()
+        self._poll_gauge.inc()
         try:
             while True:
                 if self.closing:
@@ -261,19 +396,40 @@ class Hub:
                 await asyncio.wait((self._changed,), timeout=remaining)
         finally:
             self.waiters -= 1
-            self.metrics.clients.labels("longpoll").dec()
+            self._poll_gauge.dec()
 
     # -- shutdown ----------------------------------------------------------
 
     async def close(self) -> None:
-        """Wake every long-poll and close every WebSocket with 1001, concurrently."""
+        """Answer every long-poll (503) and close every WebSocket with 1001, concurrently."""
         self.closing = True
+        if self._beat is not None:
+            self._beat.cancel()
+            self._beat = None
         changed, self._changed = self._changed, None
         if changed is not None and not changed.done():
             changed.set_result(None)
+        polls, self._polls = self._polls, set()
+        answers: dict[Headers, bytes] = {}
+        for poll in polls:
+            raw = answers.get(poll.cors)
+            if raw is None:
+                raw = answers[poll.cors] = self._unavailable(poll.cors, "shutting down")
+            poll.send(raw)
+        for poll in polls:
+            poll.hang_up()
+        self.waiters -= len(polls)
+        self._poll_gauge.dec(len(polls))
+        self._answers["503"].inc(len(polls))
+        conns = list(self._conns)
         clients = list(self._strong)
-        if not clients:
+        if not conns and not clients:
             return
+        bye = close_frame(WSCloseCode.GOING_AWAY, "server shutting down")
+        if conns:
+            self._emptied = asyncio.get_running_loop().create_future()
+            for conn in conns:
+                conn.close(bye)
 
         async def close_one(client: WsClient) -> None:
             if client.drainer is not None:
@@ -283,10 +439,15 @@ class Hub:
 
         try:
             async with asyncio.timeout(CLOSE_ALL_TIMEOUT):
-                await asyncio.gather(*(close_one(c) for c in clients))
+                await asyncio.gather(
+                    *(close_one(c) for c in clients),
+                    *([asyncio.shield(self._emptied)] if self._emptied is not None else []),
+                )
         except TimeoutError:
             pass
         for client in clients:
             if not client.transport.is_closing():
                 client.transport.abort()
-        log.info("websockets_closed", count=len(clients))
+        for conn in list(self._conns):
+            conn.transport.abort()  # type: ignore[union-attr]
+        log.info("websockets_closed", count=len(clients) + len(conns))

@@ -17,10 +17,13 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .hub import Closing
+from .detach import detach, detached
+from .hub import Closing, Hub
 from .keys import ADDRESSES, CONFIG, HUB, LIMITS, METRICS, METRICS_ALLOW, REFRESHER
+from .longpoll import HeldPoll
 from .proxies import in_networks, ip_or_none
 from .snapshot import encode, isoformat
+from .websocket import BadUpgrade, WsConnection, handshake
 
 log = structlog.get_logger(__name__)
 
@@ -62,6 +65,8 @@ def cors_headers(request: web.Request) -> dict[str, str]:
 def _etag_matches(header: str | None, etag: str) -> bool:
     if not header:
         return False
+    if header == etag:  # what browsers send back: skip the list parsing
+        return True
     for candidate in header.split(","):
         tag = candidate.strip()
         if tag == "*" or tag.removeprefix("W/") == etag:
@@ -80,7 +85,10 @@ async def supporters(request: web.Request) -> web.StreamResponse:
     snap = request.app[HUB].snapshot
     if snap is None:
         return _unavailable(request, "no snapshot yet, the first refresh is running")
-    headers = {"ETag": snap.etag, "Cache-Control": "no-cache", **cors_headers(request)}
+    if "Origin" in request.headers:
+        headers = {"ETag": snap.etag, "Cache-Control": "no-cache", **cors_headers(request)}
+    else:  # not a cross-origin read (the hot path): no CORS headers to work out
+        headers = {"ETag": snap.etag, "Cache-Control": "no-cache", "Vary": "Origin"}
     if _etag_matches(request.headers.get("If-None-Match"), snap.etag):
         return web.Response(status=304, headers=headers)
     return web.Response(body=snap.body, content_type="application/json", headers=headers)
@@ -131,7 +139,11 @@ def _live_slot(request: web.Request) -> str:
 
 @routes.get("/v1/supporters/poll")
 async def poll(request: web.Request) -> web.StreamResponse:
-    """Long-poll: answer when the version differs from ``since``, else hold."""
+    """Long-poll: answer when the version differs from ``since``, else hold.
+
+    A held GET is detached from aiohttp and answered by the hub: by its next
+    publication, at the timeout or at shutdown (see :mod:`sponsord.longpoll`).
+    """
     since_raw = _query_number(request, "since")
     since = None if since_raw is None else int(since_raw)
     wait = _query_number(request, "wait")
@@ -145,6 +157,8 @@ async def poll(request: web.Request) -> web.StreamResponse:
     snap = hub.snapshot
     if snap is None or snap.version == since:
         address = _live_slot(request)
+        if request.method == "GET" and hold > 0:
+            return _hold(request, hub, address, hold)
         try:
             snap = await hub.wait_change(since, hold)
         except Closing:
@@ -162,9 +176,28 @@ async def poll(request: web.Request) -> web.StreamResponse:
     return web.Response(body=snap.body, content_type="application/json", headers=headers)
 
 
+def _hold(request: web.Request, hub: Hub, address: str, hold: float) -> web.StreamResponse:
+    """Hand the poll to the hub; aiohttp keeps nothing of it while it waits."""
+    limits = request.app[LIMITS]
+    held = HeldPoll(hub, address, tuple(cors_headers(request).items()), limits)
+    try:
+        detach(request, held)
+    except ConnectionResetError:  # gone before we got to it: nothing to answer
+        limits.release(address)
+        return detached()
+    hub.hold(held, hold)
+    return detached()
+
+
 @routes.get("/v1/supporters/websocket")
 async def websocket(request: web.Request) -> web.StreamResponse:
-    """Live full_state frames: the current one at once, then one per version."""
+    """Live full_state frames: the current one at once, then one per version.
+
+    After the upgrade the connection is detached from aiohttp into a
+    :class:`~sponsord.websocket.WsConnection` (a few hundred bytes instead of
+    aiohttp's ~14 KiB per socket), and permessage-deflate is declined. Only
+    with ``websocket_compress = true`` does aiohttp keep the socket, to deflate.
+    """
     app = request.app
     if not origin_allowed(request):
         app[METRICS].clients_rejected.labels("origin").inc()
@@ -172,6 +205,29 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     hub = app[HUB]
     if hub.closing:
         return _unavailable(request, "shutting down")
+    server = app[CONFIG].server
+    if server.websocket_compress:
+        return await _websocket_deflating(request, hub)
+    try:
+        accept = handshake(request.headers)
+    except BadUpgrade as exc:
+        raise web.HTTPBadRequest(text=f"not a WebSocket upgrade: {exc}") from None
+    address = _live_slot(request)
+    limits = app[LIMITS]
+    conn = WsConnection(hub, address, limits, max_msg=WS_MAX_MSG)
+    try:
+        transport = detach(request, conn)
+    except ConnectionResetError:  # gone before we got to it: nothing to answer
+        limits.release(address)
+        return detached()
+    transport.write(accept)
+    hub.attach(conn, server.heartbeat)
+    return detached()
+
+
+async def _websocket_deflating(request: web.Request, hub: Hub) -> web.StreamResponse:
+    """An aiohttp-managed socket, for a server configured to accept permessage-deflate."""
+    app = request.app
     address = _live_slot(request)
     try:
         server = app[CONFIG].server
