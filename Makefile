@@ -35,8 +35,13 @@ lint: $(TESTSTAMP)
 	$(BIN)/ruff format --check sponsord tests
 	$(BIN)/mypy --strict sponsord
 
+# The benchmark (docs/benchmark.md): sponsord against a raw-asyncio floor and a
+# websockets server at 1,000 and 10,000 clients, long-poll, REST, snapshot build
+# and a reconnect storm; about 10 minutes on 2 CPUs. Tables on stdout and in
+# bench-results/latest.md, every figure in bench-results/*.json.
+# BENCH_ARGS=--quick for a one-minute smoke run.
 bench: $(TESTSTAMP)
-	@echo "make bench: the benchmark lands with issue 6; nothing to measure yet."
+	$(BIN)/python -m tests.bench $(BENCH_ARGS)
 
 # `sudo make install` puts sponsord on a server (README.md, "Operations"): the code
 # in a venv under $(PREFIX), the units in $(UNITDIR), and $(CONFDIR)/config.toml
