@@ -6,16 +6,22 @@ import asyncio
 import bisect
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp.test_utils import TestServer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sponsord.app import create_app
 from sponsord.budget import TokenBucket
+from sponsord.config import Secret, Secrets
+from sponsord.keys import REFRESHER, UPSTREAM
 from sponsord.simulator import MEMBERS_PATH, Simulator
+from sponsord.tokens import RotatingTokens
 from sponsord.webhooks import sign
 
 from .conftest import WEBHOOK_SECRET
@@ -86,6 +92,29 @@ def test_bucket_windows_hold_for_any_rate_burst_and_arrivals(
     assert max_in_window(grants, 60.0) <= int(rate)
     assert max_in_window(grants, 2.0) <= PER_TWO_SECONDS
     assert bucket.granted == len(gaps)
+
+
+async def test_token_rotation_and_member_requests_share_one_bucket(
+    aiohttp_server: Callable[..., Awaitable[TestServer]], aiohttp_client: Any, make_config: Any
+) -> None:
+    """Every token exchange and every member request takes a token from the same Upstream.budget."""
+    sim = Simulator.with_members(1500, seed=3)  # two pages a refresh
+    server = await aiohttp_server(sim.app)
+    config = make_config(str(server.make_url("")).rstrip("/"))
+    secrets = Secrets(
+        client_id=Secret(sim.client_id),
+        client_secret=Secret(sim.client_secret),
+        refresh_token=Secret(sim.refresh_token or ""),
+        webhook_secret=Secret(WEBHOOK_SECRET),
+    )
+    client = await aiohttp_client(create_app(config.with_secrets(secrets)))
+    upstream, refresher = client.app[UPSTREAM], client.app[REFRESHER]
+    assert isinstance(upstream.tokens, RotatingTokens)
+    await refresher.refresh(fresh=True)
+    sim.inject("401")  # a refused token: one more exchange, and the page again
+    await refresher.refresh(fresh=True)
+    assert sim.token_requests >= 2 and sim.member_requests >= 5
+    assert upstream.budget.granted == sim.token_requests + sim.member_requests
 
 
 def metric(text: str, name: str) -> float:
