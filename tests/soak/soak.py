@@ -222,6 +222,8 @@ async def soak() -> dict[str, Any]:
     daemon = Daemon(write_config(workdir, base, patreon={"webhook_cooldown": 0.5}))
     await daemon.start()
     host, port = daemon.url.removeprefix("http://").split(":")
+    await asyncio.sleep(1.0)  # the first snapshot
+    rss_idle = daemon.rss_kib()
     fleet = Fleet()
     started = time.monotonic()
     print(f"soak: {n_ws} WebSockets, {n_polls} long-polls, {seconds:.0f} s, pid {daemon.pid}", flush=True)
@@ -299,6 +301,7 @@ async def soak() -> dict[str, Any]:
         "out_of_order": fleet.out_of_order,
         "reconnects": fleet.reconnects,
         "refused": fleet.refused,
+        "rss_idle_kib": rss_idle,
         "rss_start_kib": samples[0]["rss_kib"] if samples else None,
         "rss_after_warmup_kib": rss_warm,
         "rss_end_kib": rss_end,
