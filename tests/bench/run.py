@@ -47,6 +47,7 @@ def _args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--cooldown", type=float, default=0.5, help="sponsord's webhook_cooldown")
     p.add_argument("--only", default="", help="comma list of: websocket,deflate,longpoll,rest,snapshot,storm")
     p.add_argument("--quick", action="store_true", help="small sizes, one round: a smoke run")
+    p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     if args.quick:
@@ -177,8 +178,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     (args.out / "latest.md").write_text(table)
     print(table)
     print(f"results: {path}")
+    # A missed target is a finding, not a failed run (figures are noisy on a
+    # shared machine); --strict makes it an error for automation.
     failed = [t for t in results["targets"] if t["pass"] is False]
-    return 1 if failed else 0
+    return 1 if failed and args.strict else 0
 
 
 def median(xs: Sequence[float]) -> float:
