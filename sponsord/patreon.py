@@ -112,7 +112,7 @@ def _opt_str(value: Any, where: str) -> str | None:
     if value is None:
         return None
     if isinstance(value, str):
-        return _unicode(value)
+        return value if value.isascii() else _unicode(value)
     raise MalformedResponse(f"{where}: expected a string or null, got {type(value).__name__}")
 
 
@@ -146,6 +146,59 @@ def _linkage(rel: Any, where: str) -> list[dict[str, Any]]:
     return [_obj(item, where) for item in items]
 
 
+Resources = dict[tuple[str, str], dict[str, Any]]
+
+
+def _resource(item: Any) -> tuple[tuple[str, str], dict[str, Any]]:
+    res = _obj(item, "resource")
+    kind = res.get("type")
+    if not isinstance(kind, str):
+        raise MalformedResponse("type: expected a string")
+    return (kind, _id(res.get("id"), "id")), _obj(res.get("attributes") or {}, "attributes")
+
+
+def _member(item: Any, resources: Resources) -> Member:
+    # Error paths are fixed strings: parse_members prefixes the index only on
+    # failure, so a 10,000-member refresh formats no strings it does not need.
+    res = _obj(item, "member")
+    if res.get("type") != "member":
+        raise MalformedResponse(f"type: expected 'member', got {res.get('type')!r:.40}")
+    attrs = _obj(res.get("attributes") or {}, "attributes")
+    rels = _obj(res.get("relationships") or {}, "relationships")
+
+    user_id = user_name = None
+    hide: bool | None = None
+    users = _linkage(rels.get("user"), "relationships.user")
+    if users:
+        user_id = _id(users[0].get("id"), "relationships.user.data.id")
+        user = resources.get(("user", user_id))
+        if user is not None:
+            user_name = _opt_str(user.get("full_name"), "user.full_name")
+            hide = user.get("hide_pledges")
+            if hide is not None and not isinstance(hide, bool):
+                raise MalformedResponse("user.hide_pledges: expected true, false or null")
+
+    tiers = []
+    for link in _linkage(rels.get("currently_entitled_tiers"), "relationships.currently_entitled_tiers"):
+        tier = resources.get(("tier", _id(link.get("id"), "tier.id")))
+        title = _opt_str(tier.get("title"), "tier.title") if tier is not None else None
+        if title:
+            tiers.append(title)
+
+    return Member(
+        id=_id(res.get("id"), "id"),
+        full_name=_opt_str(attrs.get("full_name"), "full_name"),
+        patron_status=_opt_str(attrs.get("patron_status"), "patron_status"),
+        pledge_relationship_start=_opt_str(
+            attrs.get("pledge_relationship_start"), "pledge_relationship_start"
+        ),
+        user_id=user_id,
+        user_full_name=user_name,
+        hide_pledges=hide,
+        tiers=tuple(tiers),
+    )
+
+
 def parse_members(document: Any) -> MembersPage:
     """Parse one ``/members`` page; raise :class:`MalformedResponse` on anything else.
 
@@ -163,60 +216,20 @@ def parse_members(document: Any) -> MembersPage:
     if not isinstance(included, list):
         raise MalformedResponse("document.included: expected a list")
 
-    resources: dict[tuple[str, str], dict[str, Any]] = {}
+    resources: Resources = {}
     for i, item in enumerate(included):
-        res = _obj(item, f"included[{i}]")
-        kind = res.get("type")
-        if not isinstance(kind, str):
-            raise MalformedResponse(f"included[{i}].type: expected a string")
-        attrs = res.get("attributes") or {}
-        resources[(kind, _id(res.get("id"), f"included[{i}].id"))] = _obj(attrs, f"included[{i}].attributes")
+        try:
+            key, attrs = _resource(item)
+        except MalformedResponse as exc:
+            raise MalformedResponse(f"included[{i}].{exc}") from None
+        resources[key] = attrs
 
     members = []
     for i, item in enumerate(data):
-        where = f"data[{i}]"
-        res = _obj(item, where)
-        if res.get("type") != "member":
-            raise MalformedResponse(f"{where}.type: expected 'member', got {res.get('type')!r:.40}")
-        attrs = _obj(res.get("attributes") or {}, f"{where}.attributes")
-        rels = _obj(res.get("relationships") or {}, f"{where}.relationships")
-
-        user_id = user_name = None
-        hide: bool | None = None
-        users = _linkage(rels.get("user"), f"{where}.relationships.user")
-        if users:
-            user_id = _id(users[0].get("id"), f"{where}.relationships.user.data.id")
-            user = resources.get(("user", user_id))
-            if user is not None:
-                user_name = _opt_str(user.get("full_name"), f"user {user_id}.full_name")
-                flag = user.get("hide_pledges")
-                if flag is not None and not isinstance(flag, bool):
-                    raise MalformedResponse(f"user {user_id}.hide_pledges: expected true, false or null")
-                hide = flag
-
-        tiers = []
-        for link in _linkage(
-            rels.get("currently_entitled_tiers"), f"{where}.relationships.currently_entitled_tiers"
-        ):
-            tier = resources.get(("tier", _id(link.get("id"), f"{where}.tier.id")))
-            title = _opt_str(tier.get("title"), "tier.title") if tier is not None else None
-            if title:
-                tiers.append(title)
-
-        members.append(
-            Member(
-                id=_id(res.get("id"), f"{where}.id"),
-                full_name=_opt_str(attrs.get("full_name"), f"{where}.full_name"),
-                patron_status=_opt_str(attrs.get("patron_status"), f"{where}.patron_status"),
-                pledge_relationship_start=_opt_str(
-                    attrs.get("pledge_relationship_start"), f"{where}.pledge_relationship_start"
-                ),
-                user_id=user_id,
-                user_full_name=user_name,
-                hide_pledges=hide,
-                tiers=tuple(tiers),
-            )
-        )
+        try:
+            members.append(_member(item, resources))
+        except MalformedResponse as exc:
+            raise MalformedResponse(f"data[{i}].{exc}") from None
     return MembersPage(tuple(members), _next_cursor(doc))
 
 
