@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import weakref
 from collections import Counter as Tally
 
 import structlog
@@ -70,7 +69,7 @@ class Closing(Exception):
 class WsClient:
     """One WebSocket client: its transport and at most one pending frame."""
 
-    __slots__ = ("__weakref__", "address", "drainer", "pending", "transport", "ws")
+    __slots__ = ("address", "drainer", "pending", "transport", "ws")
 
     def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport, address: str) -> None:
         self.ws = ws
@@ -122,7 +121,6 @@ class Hub:
         self._frame = b""
         self._text = ""
         # aiohttp-managed clients (permessage-deflate), see add()
-        self._clients: weakref.WeakSet[WsClient] = weakref.WeakSet()
         self._strong: set[WsClient] = set()  # a client lives as long as its handler
         # detached clients, see attach()
         self._conns: set[WsConnection] = set()
@@ -301,7 +299,6 @@ class Hub:
     def add(self, ws: web.WebSocketResponse, transport: asyncio.Transport, address: str) -> WsClient:
         """Register a connected client and send it the current state at once."""
         client = WsClient(ws, transport, address)
-        self._clients.add(client)
         self._strong.add(client)
         self._ws_gauge.inc()
         if self.snapshot is not None:
@@ -312,7 +309,6 @@ class Hub:
         """Forget a client whose handler has finished."""
         if client in self._strong:
             self._strong.discard(client)
-            self._clients.discard(client)
             self._ws_gauge.dec()
         if client.drainer is not None:
             client.drainer.cancel()

@@ -58,7 +58,8 @@ def cors_headers(request: web.Request) -> dict[str, str]:
     headers = {"Vary": "Origin"}
     if origin is not None and origin_allowed(request):
         headers["Access-Control-Allow-Origin"] = origin
-        headers["Access-Control-Expose-Headers"] = "ETag"
+        # Retry-After too: a page backing off from a 503 must be able to read it.
+        headers["Access-Control-Expose-Headers"] = "ETag, Retry-After"
     return headers
 
 

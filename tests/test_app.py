@@ -100,6 +100,8 @@ async def test_etag_304_and_cors(start_app: Any) -> None:
     resp = await client.get("/v1/supporters", headers={"Origin": "https://example.com"})
     etag = resp.headers["ETag"]
     assert resp.headers["Access-Control-Allow-Origin"] == "https://example.com"
+    exposed = {h.strip() for h in resp.headers["Access-Control-Expose-Headers"].split(",")}
+    assert {"ETag", "Retry-After"} <= exposed
     again = await client.get("/v1/supporters", headers={"If-None-Match": etag})
     assert again.status == 304 and again.headers["ETag"] == etag
     assert await again.read() == b""
