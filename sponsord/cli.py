@@ -118,7 +118,7 @@ def _require_credentials(config: Config) -> None:
 
 async def fetch_members(config: Config) -> list[Member]:
     """Fetch every member once, exactly as ``serve`` would (same tokens, budget, client)."""
-    upstream = Upstream(config, Metrics())
+    upstream = Upstream(config, Metrics(), tiers=True)
     await upstream.open()
     try:
         return await upstream.fetch()

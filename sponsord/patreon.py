@@ -34,14 +34,20 @@ USER_AGENT = f"sponsord/{__version__} (+https://github.com/sponsord/sponsord)"
 #: Patreon's maximum page size; fewer pages means fewer requests against the budget.
 PAGE_COUNT = 1000
 
-#: Exactly what the roster (and ``sponsord fetch``) reads, nothing more:
-#: fewer fields means less personal data held and smaller pages.
+#: Exactly what the roster reads, nothing more: fewer fields means less
+#: personal data held and smaller pages (JSON decoding is most of a refresh).
 MEMBER_QUERY = {
-    "include": "user,currently_entitled_tiers",
+    "include": "user",
     "fields[member]": "full_name,patron_status,pledge_relationship_start",
     "fields[user]": "full_name,hide_pledges",
-    "fields[tier]": "title",
     "page[count]": str(PAGE_COUNT),
+}
+
+#: ``sponsord fetch`` also prints each supporter's tier.
+MEMBER_QUERY_WITH_TIERS = {
+    **MEMBER_QUERY,
+    "include": "user,currently_entitled_tiers",
+    "fields[tier]": "title",
 }
 
 
@@ -281,6 +287,7 @@ class PatreonClient:
     timeout: total seconds for one request, connect and body included.
     max_pages: a refresh that needs more pages fails rather than loop forever.
     budget: the token bucket every request must pass.
+    tiers: also ask for each member's tier titles (only ``sponsord fetch`` shows them).
     """
 
     def __init__(
@@ -293,7 +300,9 @@ class PatreonClient:
         timeout: float = 30.0,
         max_pages: int = 200,
         budget: TokenBucket | None = None,
+        tiers: bool = False,
     ) -> None:
+        self._query = MEMBER_QUERY_WITH_TIERS if tiers else MEMBER_QUERY
         self._session = session
         self._url = URL(api_base) / "api/oauth2/v2/campaigns" / campaign_id / "members"
         self._tokens = tokens
@@ -309,7 +318,7 @@ class PatreonClient:
         seen: set[str] = set()
         cursor: str | None = None
         for _ in range(self._max_pages):
-            query = dict(MEMBER_QUERY)
+            query = dict(self._query)
             if cursor is not None:
                 query["page[cursor]"] = cursor
             page = parse_members(await self._get_json(query))

@@ -32,8 +32,11 @@ CLOSE_WAIT = 1.0
 class Upstream:
     """Owns everything needed to ask Patreon for the members."""
 
-    def __init__(self, config: Config, metrics: Metrics, tokens: TokenSource | None = None) -> None:
+    def __init__(
+        self, config: Config, metrics: Metrics, tokens: TokenSource | None = None, *, tiers: bool = False
+    ) -> None:
         self.config = config
+        self.tiers = tiers
         self.metrics = metrics
         p = config.patreon
         # Short bursts for page runs, the configured rate on average.
@@ -62,6 +65,7 @@ class Upstream:
             timeout=p.request_timeout,
             max_pages=p.max_pages,
             budget=self.budget,
+            tiers=self.tiers,
         )
 
     async def close(self) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from sponsord.errors import MalformedResponse
-from sponsord.patreon import MEMBER_QUERY, parse_members, retry_after
+from sponsord.patreon import MEMBER_QUERY, MEMBER_QUERY_WITH_TIERS, parse_members, retry_after
 
 from .conftest import fixture_json
 
@@ -26,8 +26,11 @@ WEBHOOK_FIXTURES = [
 
 
 def test_query_asks_exactly_for_what_is_used() -> None:
-    """The members request includes user + tiers and the privacy flag, 1000 per page."""
-    assert MEMBER_QUERY["include"] == "user,currently_entitled_tiers"
+    """The daemon asks for users and the privacy flag only, 1000 per page; fetch adds tier titles."""
+    assert MEMBER_QUERY["include"] == "user"
+    assert "fields[tier]" not in MEMBER_QUERY
+    assert MEMBER_QUERY_WITH_TIERS["include"] == "user,currently_entitled_tiers"
+    assert MEMBER_QUERY_WITH_TIERS["fields[tier]"] == "title"
     assert "hide_pledges" in MEMBER_QUERY["fields[user]"].split(",")
     assert set(MEMBER_QUERY["fields[member]"].split(",")) == {
         "full_name",

@@ -45,7 +45,12 @@ def client(
     session: aiohttp.ClientSession, server: TestServer, *, timeout: float = 5.0, campaign: str = "725055"
 ) -> PatreonClient:
     return PatreonClient(
-        session, str(server.make_url("/")), campaign, StaticToken("demo-access-token"), timeout=timeout
+        session,
+        str(server.make_url("/")),
+        campaign,
+        StaticToken("demo-access-token"),
+        timeout=timeout,
+        tiers=True,  # the simulator's tiers are part of what these tests check
     )
 
 
