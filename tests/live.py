@@ -1,12 +1,20 @@
-"""Real processes and real sockets for the hostile-world tests (and the soak).
+"""A real ``sponsord serve`` process against the in-test simulator, and other live helpers.
 
 - :func:`write_config` writes a ``config.toml`` for a real ``sponsord serve``.
-- :class:`Daemon` runs that process, finds its port in its JSON log, reads its
-  RSS and open file descriptors from ``/proc`` and kills it (only it, by PID).
+- :func:`static_env` and :func:`rotating_env` are its secrets for the simulator.
+- :class:`Daemon` runs that process (by default ``sponsord serve --config``),
+  its output in a log file; it reads the JSON log lines, the URL it listens
+  on, its RSS and open file descriptors (``/proc``) and stops or kills it
+  (only it, by PID). :func:`running` is a started daemon as a context manager.
+- :func:`get_json` and :func:`eventually` help the assertions.
 - :class:`ThreadedStack` runs the simulator and the app in a background event
   loop, for synchronous drivers (hypothesis, schemathesis) that block.
 - :func:`record_figures` keeps the figures the closing note reports in
   ``tests/artifacts/hostile.json`` (one key per test; ``docs/hostile.md``).
+
+The simulator runs inside the test's event loop, so every wait here is
+asynchronous: a blocking wait would stall the fake Patreon the daemon is
+talking to.
 """
 
 from __future__ import annotations
@@ -16,13 +24,16 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from sponsord.app import create_app
@@ -30,51 +41,52 @@ from sponsord.config import Config
 from sponsord.keys import HUB
 from sponsord.simulator import Simulator
 
-from .conftest import ACCESS_TOKEN, WEBHOOK_SECRET
-
 ROOT = Path(__file__).resolve().parent.parent
+SPONSORD = str(Path(sys.executable).parent / "sponsord")
 #: Figures of the last run (git-ignored); docs/hostile.md reports a run of them.
 FIGURES = ROOT / "tests" / "artifacts" / "hostile.json"
 
 TomlValue = str | int | float | bool | list[str]
 
 
-def _toml(value: TomlValue) -> str:
+def toml_value(value: TomlValue) -> str:
+    """A Python value as TOML (strings, numbers, booleans, lists of those)."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    return json.dumps(value)  # a TOML basic string is a JSON string for our values
+    if isinstance(value, str):
+        return json.dumps(value)  # a TOML basic string is a JSON string for our values
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return repr(value)
 
 
 def write_config(
     directory: Path,
     api_base: str,
     *,
+    campaign_id: str = "725055",
     server: Mapping[str, TomlValue] | None = None,
     patreon: Mapping[str, TomlValue] | None = None,
-    campaign_id: str = "725055",
 ) -> Path:
-    """A config.toml in ``directory`` (state in ``directory/state``, any free port)."""
+    """A config.toml in ``directory``: a free loopback port, fast timers, state in ``directory/state``."""
     tables: dict[str, dict[str, TomlValue]] = {
         "server": {"host": "127.0.0.1", "port": 0, **(server or {})},
         "patreon": {
             "api_base": api_base,
             "campaign_id": campaign_id,
-            "poll_interval": 3600.0,
-            "webhook_cooldown": 0.2,
-            "backoff_base": 0.05,
-            "backoff_max": 1.0,
-            "request_timeout": 3.0,
+            "poll_interval": 3600,
+            "webhook_cooldown": 0.1,
+            "backoff_base": 0.2,
+            "backoff_max": 1,
+            "request_timeout": 3,
+            "requests_per_minute": 100,
             **(patreon or {}),
         },
         "display": {"goal_count": 20},
         "state": {"dir": str(directory / "state")},
     }
     text = "".join(
-        f"[{name}]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in table.items()) + "\n"
+        f"[{name}]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in table.items()) + "\n"
         for name, table in tables.items()
     )
     path = directory / "config.toml"
@@ -82,74 +94,127 @@ def write_config(
     return path
 
 
+def static_env(sim: Simulator) -> dict[str, str]:
+    """Secrets for a daemon using the simulator's static access token."""
+    return {
+        "PATREON_ACCESS_TOKEN": next(iter(sim.access_tokens)),
+        "PATREON_WEBHOOK_SECRET": sim.webhook_secret,
+    }
+
+
+def rotating_env(sim: Simulator, refresh_token: str | None = None) -> dict[str, str]:
+    """Secrets for a daemon that rotates its tokens against the simulator."""
+    refresh = refresh_token if refresh_token is not None else sim.refresh_token
+    assert refresh is not None
+    return {
+        "PATREON_CLIENT_ID": sim.client_id,
+        "PATREON_CLIENT_SECRET": sim.client_secret,
+        "PATREON_REFRESH_TOKEN": refresh,
+        "PATREON_WEBHOOK_SECRET": sim.webhook_secret,
+    }
+
+
 def daemon_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment of a test daemon: the simulator's secrets, unbuffered logs."""
+    """The environment of a test daemon: a minimal one, unbuffered, plus ``extra``."""
     return {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "LANG": "C.UTF-8",
         "PYTHONUNBUFFERED": "1",
-        "PATREON_ACCESS_TOKEN": ACCESS_TOKEN,
-        "PATREON_WEBHOOK_SECRET": WEBHOOK_SECRET,
         **(extra or {}),
     }
 
 
 class Daemon:
-    """One ``python -m sponsord serve`` process and its log (JSON lines)."""
+    """One ``sponsord serve`` process, started at once; its output is in ``log_path``.
 
-    def __init__(self, config: Path, env: Mapping[str, str] | None = None) -> None:
+    env: extra environment (secrets, NOTIFY_SOCKET...), over :func:`daemon_env`.
+    argv: the command (default ``sponsord serve --config <config>``).
+    """
+
+    def __init__(
+        self,
+        config: Path,
+        env: Mapping[str, str] | None = None,
+        *,
+        argv: list[str] | None = None,
+        log_path: Path | None = None,
+    ) -> None:
         self.config = config
-        self.env = daemon_env(env)
-        self.proc: asyncio.subprocess.Process | None = None
-        self.url = ""
-        self.lines: list[dict[str, Any]] = []
-        self._listening: asyncio.Future[str] | None = None
-        self._reader: asyncio.Task[None] | None = None
+        self.log_path = log_path or config.parent / f"daemon-{time.monotonic_ns()}.log"
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            argv or [SPONSORD, "serve", "--config", str(config)],
+            env=daemon_env(env),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+        self.url: str | None = None
 
     @property
     def pid(self) -> int:
-        assert self.proc is not None
+        """The daemon's process id."""
         return self.proc.pid
 
-    async def start(self, *, wait: bool = True, timeout: float = 15.0) -> Daemon:
-        """Spawn the daemon; with ``wait``, return once it listens (``url`` set)."""
-        self._listening = asyncio.get_running_loop().create_future()
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "sponsord",
-            "serve",
-            "--config",
-            str(self.config),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env=self.env,
-            cwd=ROOT,
-        )
-        self._reader = asyncio.create_task(self._read())
-        if wait:
-            self.url = await asyncio.wait_for(asyncio.shield(self._listening), timeout)
-            if not self.url:
-                raise RuntimeError(f"daemon exited early: {self.lines[-5:]}")
-        return self
+    # -- its log ------------------------------------------------------------
 
-    async def _read(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        while line := await self.proc.stdout.readline():
+    def log_text(self) -> str:
+        """Everything the daemon wrote (for assertion messages)."""
+        return self.log_path.read_text(errors="replace")
+
+    def _entries(self) -> list[tuple[str, dict[str, Any] | None]]:
+        """Each whole output line, and its JSON object (None when it is not one)."""
+        running = self.proc.poll() is None
+        text = self.log_text()
+        if running:
+            text = text[: text.rfind("\n") + 1]  # a line still being written is not one yet
+        out: list[tuple[str, dict[str, Any] | None]] = []
+        for raw in text.splitlines():
+            if not raw.strip():
+                continue
             try:
-                entry = json.loads(line)
+                obj = json.loads(raw)
             except ValueError:
-                entry = {"event": "raw", "level": "raw", "text": line.decode(errors="replace").rstrip()}
-            if not isinstance(entry, dict):
-                entry = {"event": "raw", "level": "raw", "text": str(entry)}
-            self.lines.append(entry)
-            if entry.get("event") == "listening" and self._listening and not self._listening.done():
-                self._listening.set_result(str(entry["url"]))
-        if self._listening is not None and not self._listening.done():
-            self._listening.set_result("")  # exited without listening (start() says so)
+                obj = None
+            out.append((raw, obj if isinstance(obj, dict) else None))
+        return out
+
+    def lines(self) -> list[dict[str, Any]]:
+        """The JSON log lines written so far (anything else is skipped)."""
+        return [obj for _, obj in self._entries() if obj is not None]
 
     def errors(self) -> list[dict[str, Any]]:
         """Log lines at error level or above, and anything that is not a JSON log line."""
-        return [e for e in self.lines if e.get("level") in ("error", "critical", "exception", "raw")]
+        return [
+            obj if obj is not None else {"event": "raw", "level": "raw", "text": raw.rstrip()}
+            for raw, obj in self._entries()
+            if obj is None or obj.get("level") in ("error", "critical", "exception")
+        ]
+
+    async def started(self, timeout: float = 20.0) -> str:
+        """Wait for the ``listening`` log line; the daemon's URL."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.lines():
+                if line.get("event") == "listening":
+                    self.url = str(line["url"])
+                    return self.url
+            if self.proc.poll() is not None:
+                raise AssertionError(f"sponsord exited with {self.proc.returncode}:\n{self.log_text()}")
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"sponsord did not start in {timeout}s:\n{self.log_text()}")
+
+    async def wait_for(self, event: str, timeout: float = 10.0, **fields: Any) -> dict[str, Any]:
+        """Wait for a log line with ``event`` (and ``fields``); return it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.lines():
+                if line.get("event") == event and all(line.get(k) == v for k, v in fields.items()):
+                    return line
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"no {event} {fields} in {timeout}s:\n{self.log_text()}")
+
+    # -- its process (from /proc, by PID) -----------------------------------
 
     def rss_kib(self) -> int:
         """Resident set size, from /proc (KiB)."""
@@ -162,33 +227,81 @@ class Daemon:
         """Open file descriptors, from /proc."""
         return len(os.listdir(f"/proc/{self.pid}/fd"))
 
-    async def kill(self) -> int:
-        """SIGKILL this process (by its PID) and reap it; its exit code."""
-        assert self.proc is not None
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.proc.pid, signal.SIGKILL)
-        code = await self.proc.wait()
-        await self._drain()
-        return code
+    async def exited(self, timeout: float) -> int:
+        """Wait up to ``timeout`` s for the process to end; its exit status."""
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None:
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"sponsord still running after {timeout}s:\n{self.log_text()}")
+            await asyncio.sleep(0.02)
+        return self.proc.returncode
+
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the daemon (by PID)."""
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
 
     async def stop(self, timeout: float = 15.0) -> int:
-        """SIGTERM and wait (SIGKILL if it does not stop in time); its exit code."""
-        assert self.proc is not None
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
+        """SIGTERM and wait (SIGKILL if it does not stop in time); its exit status."""
+        self.signal(signal.SIGTERM)
         try:
-            code = await asyncio.wait_for(self.proc.wait(), timeout)
-        except TimeoutError:
+            return await self.exited(timeout)
+        except AssertionError:
+            tail = self.log_text()[-2000:]
+            print(f"sponsord did not stop in {timeout}s after SIGTERM; killing it:\n{tail}", file=sys.stderr)
             return await self.kill()
-        await self._drain()
-        return code
+        finally:
+            self.close()
 
-    async def _drain(self) -> None:
-        if self._reader is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._reader, 5)
+    async def kill(self) -> int:
+        """SIGKILL the daemon (by PID) and reap it; its exit status."""
+        self.signal(signal.SIGKILL)
+        try:
+            return await self.exited(10)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Kill the process if it still runs and close the log."""
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        self._log.close()
+
+
+@contextlib.asynccontextmanager
+async def running(config: Path, env: Mapping[str, str], **kwargs: Any) -> AsyncIterator[Daemon]:
+    """A started daemon, stopped (by PID) on the way out."""
+    daemon = Daemon(config, env, **kwargs)
+    try:
+        await daemon.started()
+        yield daemon
+    finally:
+        daemon.close()
+
+
+async def get_json(session: aiohttp.ClientSession, url: str, **kwargs: Any) -> tuple[int, Any]:
+    """GET ``url``: status and parsed JSON body (None when not JSON)."""
+    async with session.get(url, **kwargs) as resp:
+        body = await resp.read()
+        try:
+            return resp.status, json.loads(body)
+        except ValueError:
+            return resp.status, None
+
+
+async def eventually(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> None:
+    """Poll an async or plain predicate until it is true (AssertionError after ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"condition not met in {timeout}s")
+        await asyncio.sleep(interval)
 
 
 class ThreadedStack:

@@ -25,7 +25,7 @@ from sponsord.tokens import RotatingTokens
 from sponsord.webhooks import sign
 
 from .conftest import WEBHOOK_SECRET
-from .live import Daemon, record_figures, write_config
+from .live import Daemon, record_figures, static_env, write_config
 
 #: Patreon's limits (DESIGN.md, "Patreon facts").
 PER_MINUTE, PER_TWO_SECONDS = 100, 100
@@ -130,12 +130,11 @@ async def test_webhook_flood_stays_inside_the_budget(tmp_path: Path) -> None:
     sim = Simulator.with_members(40, seed=7)
     base = await sim.start()
     rpm, cooldown = 60.0, 0.05  # the cooldown alone would allow 200 refreshes in 10 s
-    daemon = Daemon(
-        write_config(tmp_path, base, patreon={"webhook_cooldown": cooldown, "requests_per_minute": rpm})
-    )
+    patreon = {"webhook_cooldown": cooldown, "requests_per_minute": rpm, "backoff_base": 0.05}
+    daemon = Daemon(write_config(tmp_path, base, patreon=patreon), static_env(sim))
     members_path = MEMBERS_PATH.format(campaign_id=sim.campaign.id)
     try:
-        await daemon.start()
+        await daemon.started()
         hook = f"{daemon.url}/v1/webhooks/patreon"
         # A handful of distinct signed bodies; the flood replays them.
         mids = list(sim.campaign.members)[:8]

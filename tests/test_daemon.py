@@ -31,7 +31,7 @@ from sponsord.simulator import Simulator
 from sponsord.snapshot import Snapshot, SnapshotStore
 from sponsord.webhooks import sign
 
-from .daemon_process import SPONSORD, Daemon, eventually, get_json, running, static_env, write_config
+from .live import SPONSORD, Daemon, eventually, get_json, running, static_env, write_config
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from sponsord.simulator import Simulator
 from sponsord.webhooks import sign
 
 from .conftest import WEBHOOK_SECRET
-from .live import Daemon, record_figures, write_config
+from .live import Daemon, record_figures, static_env, write_config
 
 #: The attackers' addresses (all loopback), one per kind, so the per-address cap shows.
 SLOWLORIS, NEVER_READ, DROP_POLL = "127.0.0.2", "127.0.0.3", "127.0.0.4"
@@ -234,10 +234,10 @@ async def test_hostile_clients_do_not_starve_good_ones(tmp_path: Path) -> None:
             "heartbeat": HEARTBEAT,
             "slow_client_timeout": 1.0,
         },
-        patreon={"webhook_cooldown": 0.1, "requests_per_minute": 100.0},
+        patreon={"webhook_cooldown": 0.1, "requests_per_minute": 100.0, "backoff_base": 0.05},
     )
-    daemon = await Daemon(config).start()
-    host, port = daemon.url.removeprefix("http://").split(":")
+    daemon = Daemon(config, static_env(sim))
+    host, port = (await daemon.started()).removeprefix("http://").split(":")
     attack = Attack(host, int(port))
     good = GoodClients(daemon.url)
     stop_churn = asyncio.Event()

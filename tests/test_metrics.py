@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sponsord.simulator import Simulator
 from sponsord.webhooks import sign
 
-from .daemon_process import Daemon, eventually, get_json, rotating_env, running, static_env, write_config
+from .live import Daemon, eventually, get_json, rotating_env, running, static_env, write_config
 
 Sim = tuple[Simulator, str]
 

@@ -23,7 +23,7 @@ from aiohttp.test_utils import TestServer
 from sponsord.proxies import cloudflare_networks, in_networks, ip_or_none, parse_networks
 from sponsord.simulator import Simulator
 
-from .daemon_process import Daemon, eventually, get_json, running, static_env, write_config
+from .live import Daemon, eventually, get_json, running, static_env, write_config
 
 Sim = tuple[Simulator, str]
 

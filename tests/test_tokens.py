@@ -28,7 +28,7 @@ from sponsord.patreon import PatreonClient
 from sponsord.simulator import Simulator
 from sponsord.tokens import PAUSE_ENV, TOKENS_FILE, RotatingTokens, TokenPair, TokenState
 
-from .daemon_process import Daemon, eventually, get_json, rotating_env, running, write_config
+from .live import Daemon, eventually, get_json, rotating_env, running, write_config
 
 Sim = tuple[Simulator, str]
 

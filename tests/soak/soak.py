@@ -35,7 +35,7 @@ from sponsord.simulator import Simulator
 from sponsord.webhooks import sign
 
 from ..conftest import WEBHOOK_SECRET
-from ..live import Daemon, record_figures, write_config
+from ..live import Daemon, record_figures, static_env, write_config
 
 #: RSS may grow by at most this much between the end of the warm-up and the end.
 RSS_BOUND_MIB = 24
@@ -219,9 +219,9 @@ async def soak() -> dict[str, Any]:
     sim = Simulator.with_members(200, seed=7)
     base = await sim.start()
     workdir = Path(tempfile.mkdtemp(prefix="sponsord-soak-"))
-    daemon = Daemon(write_config(workdir, base, patreon={"webhook_cooldown": 0.5}))
-    await daemon.start()
-    host, port = daemon.url.removeprefix("http://").split(":")
+    patreon = {"webhook_cooldown": 0.5, "backoff_base": 0.05, "requests_per_minute": 60.0}
+    daemon = Daemon(write_config(workdir, base, patreon=patreon), static_env(sim))
+    host, port = (await daemon.started()).removeprefix("http://").split(":")
     await asyncio.sleep(1.0)  # the first snapshot
     rss_idle = daemon.rss_kib()
     fleet = Fleet()
