@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestServer
 
 from sponsord.config import (
     Config,
@@ -19,6 +21,7 @@ from sponsord.config import (
     ServerConfig,
     StateConfig,
 )
+from sponsord.simulator import Simulator
 
 FIXTURES = Path(__file__).parent / "fixtures" / "patreon"
 
@@ -69,3 +72,19 @@ def make_config(tmp_path: Path) -> Callable[..., Config]:
 def with_server(config: Config, **server: Any) -> Config:
     """A copy of ``config`` with some [server] settings changed."""
     return replace(config, server=replace(config.server, **server))
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait (bounded) until ``predicate()`` holds."""
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def sim(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> Simulator:
+    """A small simulated campaign served on a free port; its URL is ``sim.base``."""
+    s = Simulator.with_members(10, seed=5)
+    server = await aiohttp_server(s.app)
+    s.base = str(server.make_url("")).rstrip("/")  # type: ignore[attr-defined]
+    return s

@@ -19,17 +19,10 @@ from sponsord.simulator import Simulator
 from sponsord.snapshot import SnapshotStore
 from sponsord.webhooks import sign
 
-from .conftest import WEBHOOK_SECRET, with_server
+from .conftest import WEBHOOK_SECRET, until, with_server
 
 Client = TestClient[web.Request, web.Application]
 MakeConfig = Callable[..., Config]
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Wait (bounded) until ``predicate()`` holds."""
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.01)
 
 
 def expected_titles(sim: Simulator) -> tuple[list[str], int]:
@@ -54,6 +47,7 @@ def expected_titles(sim: Simulator) -> tuple[list[str], int]:
 
 @pytest.fixture
 async def sim(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> Simulator:
+    """A bigger campaign than conftest's: 40 seeded members hit every privacy case."""
     s = Simulator.with_members(40, seed=3)
     server = await aiohttp_server(s.app)
     s.base = str(server.make_url("")).rstrip("/")  # type: ignore[attr-defined]

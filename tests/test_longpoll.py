@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from sponsord.app import create_app
 from sponsord.config import Config
@@ -17,26 +17,11 @@ from sponsord.keys import HUB, METRICS, REFRESHER
 from sponsord.longpoll import render
 from sponsord.simulator import Simulator
 
-from .conftest import with_server
+from .conftest import until, with_server
 
 Client = TestClient[web.Request, web.Application]
 MakeConfig = Callable[..., Config]
 POLL = "/v1/supporters/poll"
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Wait (bounded) until ``predicate()`` holds."""
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.01)
-
-
-@pytest.fixture
-async def sim(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> Simulator:
-    s = Simulator.with_members(10, seed=6)
-    server = await aiohttp_server(s.app)
-    s.base = str(server.make_url("")).rstrip("/")  # type: ignore[attr-defined]
-    return s
 
 
 @pytest.fixture

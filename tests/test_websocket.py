@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from sponsord.app import create_app
 from sponsord.config import Config
@@ -20,26 +20,11 @@ from sponsord.keys import HUB, METRICS
 from sponsord.simulator import Simulator
 from sponsord.websocket import BadUpgrade, close_frame, handshake, text_frame
 
-from .conftest import with_server
+from .conftest import until, with_server
 
 Client = TestClient[web.Request, web.Application]
 MakeConfig = Callable[..., Config]
 PATH = "/v1/supporters/websocket"
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Wait (bounded) until ``predicate()`` holds."""
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.01)
-
-
-@pytest.fixture
-async def sim(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> Simulator:
-    s = Simulator.with_members(10, seed=5)
-    server = await aiohttp_server(s.app)
-    s.base = str(server.make_url("")).rstrip("/")  # type: ignore[attr-defined]
-    return s
 
 
 @pytest.fixture
