@@ -28,6 +28,7 @@ from .errors import (
     UpstreamError,
     UpstreamUnavailable,
 )
+from .gcpause import gc_paused
 
 USER_AGENT = f"sponsord/{__version__} (+https://github.com/sponsord/sponsord)"
 
@@ -321,7 +322,9 @@ class PatreonClient:
             query = dict(self._query)
             if cursor is not None:
                 query["page[cursor]"] = cursor
-            page = parse_members(await self._get_json(query))
+            document = await self._get_json(query)
+            with gc_paused():
+                page = parse_members(document)
             members.extend(page.members)
             cursor = page.next_cursor
             if cursor is None:
@@ -363,7 +366,8 @@ class PatreonClient:
         except aiohttp.ClientError as exc:
             raise UpstreamUnavailable(f"cannot reach Patreon: {exc.__class__.__name__}") from None
         try:
-            body = json.loads(raw)
+            with gc_paused():
+                body = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
             body = None
         if status in (401, 403):

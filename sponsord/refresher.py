@@ -27,6 +27,7 @@ import structlog
 
 from .config import PatreonConfig
 from .errors import RateLimited, UpstreamError
+from .gcpause import gc_paused
 from .metrics import Metrics
 from .patreon import Member
 from .roster import build_supporters
@@ -177,14 +178,15 @@ class Refresher:
         started = self._clock()
         try:
             members = await self._fetch()
-            supporters = build_supporters(members)
             current = self.snapshot
             # Built (and encoded) inside the guard: a value that cannot be
             # encoded must fail this refresh, not end the refresher.
-            if current is None:
-                new: Snapshot | None = first_snapshot(supporters, self.goal_count, self._now())
-            else:
-                new = current.successor(supporters, self.goal_count, self._now())
+            with gc_paused():
+                supporters = build_supporters(members)
+                if current is None:
+                    new: Snapshot | None = first_snapshot(supporters, self.goal_count, self._now())
+                else:
+                    new = current.successor(supporters, self.goal_count, self._now())
         except UpstreamError as exc:
             self._failed(exc, exc.kind)
             return self.snapshot

@@ -13,6 +13,7 @@ import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from sponsord.gcpause import gc_paused
 from sponsord.patreon import MEMBER_QUERY, parse_members
 from sponsord.roster import build_supporters
 from sponsord.simulator import MEMBERS_PATH, Simulator
@@ -273,15 +274,22 @@ async def snapshot_build(bench: Bench, sizes: list[int], repeats: int = 5) -> di
             gc.collect()
             t0 = time.perf_counter()
             cpu0 = time.thread_time()
-            docs = [json.loads(raw) for raw in pages]
+            # The collector is paused exactly where sponsord pauses it: around
+            # each page's decode and parse, and around roster + encoding.
+            docs = []
+            for raw in pages:
+                with gc_paused():
+                    docs.append(json.loads(raw))
             t1 = time.perf_counter()
             members = []
             for doc in docs:
-                members.extend(parse_members(doc).members)
+                with gc_paused():
+                    members.extend(parse_members(doc).members)
             t2 = time.perf_counter()
-            supporters = build_supporters(members)
-            t3 = time.perf_counter()
-            Snapshot.build(1, datetime.now(UTC), supporters, 20)
+            with gc_paused():
+                supporters = build_supporters(members)
+                t3 = time.perf_counter()
+                Snapshot.build(1, datetime.now(UTC), supporters, 20)
             t4 = time.perf_counter()
             runs.append(
                 {
