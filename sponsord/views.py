@@ -8,7 +8,6 @@ pre-encoded bytes.
 from __future__ import annotations
 
 import math
-import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -323,5 +322,4 @@ def _page_context(request: web.Request) -> dict[str, Any]:
         "public_url": config.server.public_url,
         "join_url": config.display.join_url,
         "goal_count": config.display.goal_count,
-        "now": time.time(),
     }
