@@ -19,7 +19,7 @@ from aiohttp import web
 
 from .config import Config
 from .hub import ClientLimits, Hub
-from .keys import ADDRESSES, CONFIG, HUB, LIMITS, METRICS, METRICS_ALLOW, REFRESHER, UPSTREAM
+from .keys import ADDRESSES, CONFIG, EMBED_JS, HUB, LIMITS, METRICS, METRICS_ALLOW, REFRESHER, UPSTREAM
 from .metrics import Metrics
 from .openapi import routes as openapi_routes
 from .patreon import TokenSource
@@ -27,7 +27,7 @@ from .proxies import ClientAddresses, parse_networks
 from .refresher import Refresher
 from .snapshot import SnapshotStore
 from .upstream import Upstream
-from .views import routes
+from .views import render_embed, routes
 from .webhooks import routes as webhook_routes
 
 
@@ -76,6 +76,7 @@ def create_app(config: Config, *, tokens: TokenSource | None = None) -> web.Appl
         loader=jinja2.FileSystemLoader(str(base / "templates")),
         autoescape=jinja2.select_autoescape(["html"]),
     )
+    app[EMBED_JS] = render_embed(app)
     app.add_routes(routes)
     app.add_routes(webhook_routes)
     app.add_routes(openapi_routes)

@@ -43,9 +43,6 @@ log = structlog.get_logger(__name__)
 #: 4008 echoes 1008 (policy) and tells our page to reconnect.
 SLOW_CLIENT_CODE = 4008
 
-#: How often a blocked client's buffer is looked at again.
-DRAIN_POLL = 0.05
-
 #: A whole shutdown of live clients must fit well inside systemd's stop timeout.
 CLOSE_ALL_TIMEOUT = 3.0
 
@@ -172,41 +169,16 @@ class Hub:
         m.snapshot_version.set(snapshot.version)
 
     def _offer(self, client: WsClient, frame: bytes) -> None:
-        transport = client.transport
-        if transport.is_closing():
+        if client.transport.is_closing():
             return
-        if client.drainer is not None:
-            client.pending = frame  # latest wins: replace, never queue
-        elif client.ws.compress:
-            client.pending = frame
-            client.drainer = asyncio.create_task(self._send_compressed(client))
-        elif transport.get_write_buffer_size():
-            client.pending = frame
-            client.drainer = asyncio.create_task(self._drain(client))
-        else:
-            transport.write(frame)
+        client.pending = frame  # latest wins: replace, never queue
+        if client.drainer is None:
+            client.drainer = asyncio.create_task(self._send_managed(client))
 
-    async def _drain(self, client: WsClient) -> None:
-        """Wait for a blocked client to drain, then give it the newest frame."""
-        transport = client.transport
-        deadline = time.monotonic() + self.slow_timeout
-        try:
-            while not transport.is_closing():
-                if not transport.get_write_buffer_size():
-                    if client.pending is not None:
-                        transport.write(client.pending)
-                        client.pending = None
-                    return
-                if time.monotonic() >= deadline:
-                    self._close_slow(client)
-                    return
-                await asyncio.sleep(DRAIN_POLL)
-        finally:
-            client.drainer = None
-            client.pending = None
-
-    async def _send_compressed(self, client: WsClient) -> None:
-        """Clients that negotiated permessage-deflate: aiohttp deflates per client."""
+    async def _send_managed(self, client: WsClient) -> None:
+        """aiohttp-managed clients (``websocket_compress = true``): aiohttp frames,
+        deflates where negotiated, and applies flow control; a send blocked past
+        ``slow_timeout`` closes the client."""
         try:
             while client.pending is not None and not client.transport.is_closing():
                 client.pending = None  # latest wins: always send the current text

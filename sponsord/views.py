@@ -16,9 +16,10 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from .config import Config
 from .detach import detach, detached
-from .hub import Closing, Hub
-from .keys import ADDRESSES, CONFIG, HUB, LIMITS, METRICS, METRICS_ALLOW, REFRESHER
+from .hub import RETRY_AFTER, Closing, Hub
+from .keys import ADDRESSES, CONFIG, EMBED_JS, HUB, LIMITS, METRICS, METRICS_ALLOW, REFRESHER
 from .longpoll import HeldPoll
 from .proxies import in_networks, ip_or_none
 from .snapshot import encode, isoformat
@@ -28,9 +29,6 @@ log = structlog.get_logger(__name__)
 
 #: Long-polls may never be held past this: Cloudflare answers 524 after 100 s.
 LONGPOLL_MAX = 55.0
-
-#: How soon a client should come back when there is nothing to give it yet.
-RETRY_AFTER = "5"
 
 #: Clients only listen; a few KiB is plenty for anything they might send.
 WS_MAX_MSG = 4096
@@ -308,16 +306,27 @@ async def index(request: web.Request) -> dict[str, Any]:
 
 @routes.get("/embed.js")
 async def embed(request: web.Request) -> web.Response:
-    """The embeddable script with this server's public URL filled in."""
-    response = aiohttp_jinja2.render_template("embed.js", request, _page_context(request))
-    response.content_type = "text/javascript"
-    response.headers["Cache-Control"] = "public, max-age=300"
-    response.headers["Access-Control-Allow-Origin"] = "*"
-    return response
+    """The embeddable script with this server's public URL filled in (rendered once per app)."""
+    return web.Response(
+        body=request.app[EMBED_JS],
+        content_type="text/javascript",
+        charset="utf-8",
+        headers={"Cache-Control": "public, max-age=300", "Access-Control-Allow-Origin": "*"},
+    )
+
+
+def render_embed(app: web.Application) -> bytes:
+    """``embed.js`` for ``app``'s config: everything in it is fixed while the app runs."""
+    template = aiohttp_jinja2.get_env(app).get_template("embed.js")
+    return template.render(page_context(app[CONFIG])).encode()
 
 
 def _page_context(request: web.Request) -> dict[str, Any]:
-    config = request.app[CONFIG]
+    return page_context(request.app[CONFIG])
+
+
+def page_context(config: Config) -> dict[str, Any]:
+    """What the page and embed.js templates are filled with."""
     return {
         "public_url": config.server.public_url,
         "join_url": config.display.join_url,

@@ -533,3 +533,20 @@ async def test_total_client_cap(sim: Simulator, start_app: Any, make_config: Mak
     await publish_change(client, sim, "Cap Release")
     assert (await held).status == 200
     await a.close()
+
+
+async def test_managed_path_serves_clients_without_deflate_too(
+    sim: Simulator, start_app: Any, make_config: MakeConfig
+) -> None:
+    """With websocket_compress on, a client that offers no deflate still gets every version."""
+    import websockets
+
+    config = with_server(make_config(sim.base), websocket_compress=True)  # type: ignore[attr-defined]
+    client = await start_app(config)
+    url = f"ws://{client.server.host}:{client.server.port}/v1/supporters/websocket"
+    async with websockets.connect(url, compression=None) as ws:
+        first = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        for i in range(3):
+            await publish_change(client, sim, f"Plain {i}")
+            msg = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            assert msg["data"]["meta"]["version"] == first["data"]["meta"]["version"] + i + 1
