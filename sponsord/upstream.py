@@ -10,9 +10,6 @@ wired at creation time while the network session only exists while running.
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any
-
 import aiohttp
 
 from .budget import TokenBucket
@@ -24,10 +21,6 @@ from .tokens import RotatingTokens
 
 #: Fewer connections than pages would serialize them anyway; Patreon pages are sequential.
 CONNECTION_LIMIT = 4
-
-#: Seconds close() gives cancelled fetches to unwind (they only run finally blocks).
-CLOSE_WAIT = 1.0
-
 
 class Upstream:
     """Owns everything needed to ask Patreon for the members."""
@@ -51,7 +44,6 @@ class Upstream:
         self.tokens = tokens
         self.session: aiohttp.ClientSession | None = None
         self.client: PatreonClient | None = None
-        self._fetches: set[asyncio.Task[Any]] = set()
 
     async def open(self) -> None:
         """Create the HTTP session and the client."""
@@ -69,17 +61,7 @@ class Upstream:
         )
 
     async def close(self) -> None:
-        """Abort fetches still running, then close the HTTP session.
-
-        A refresh runs in its own task (single flight), which outlives the
-        refresher's loop being cancelled at shutdown; left alone it would go
-        on with a closed session and fail noisily after "stopped".
-        """
-        running = [task for task in self._fetches if not task.done()]
-        for task in running:
-            task.cancel()
-        if running:
-            await asyncio.wait(running, timeout=CLOSE_WAIT)
+        """Close the HTTP session (the refresher has cancelled its fetch by then)."""
         if self.session is not None:
             await self.session.close()
         self.session = self.client = None
@@ -89,13 +71,8 @@ class Upstream:
         client = self.client
         if client is None:
             raise UpstreamUnavailable("the upstream is not open")
-        task = asyncio.current_task()
-        if task is not None:
-            self._fetches.add(task)
         before = client.requests
         try:
             return await client.fetch_members()
         finally:
-            if task is not None:
-                self._fetches.discard(task)
             self.metrics.upstream_requests.inc(client.requests - before)
