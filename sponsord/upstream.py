@@ -22,6 +22,7 @@ from .tokens import RotatingTokens
 #: Fewer connections than pages would serialize them anyway; Patreon pages are sequential.
 CONNECTION_LIMIT = 4
 
+
 class Upstream:
     """Owns everything needed to ask Patreon for the members."""
 
